@@ -1,0 +1,352 @@
+"""`ferroloop.Loop`: the native `LoopCore` plus the per-loop logic asyncio keeps in Python.
+
+The hot paths (ready queue, timers, polling, `call_soon*`, `time`, `create_future`,
+`create_task`, fd watchers, the run loop itself) are native, in `LoopCore`. This module adds
+what runs once per loop or per error: running and stopping, exception handling, executors,
+async generator hooks, debug-mode bookkeeping. Semantics are CPython 3.11's
+`asyncio.base_events.BaseEventLoop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import sys
+import threading
+import traceback
+import warnings
+import weakref
+from asyncio import constants, coroutines, events, format_helpers, futures, tasks
+from typing import Any, Callable
+
+from ._ferroloop import LoopCore
+from ._helpers import format_handle
+
+logger = logging.getLogger("asyncio")
+
+_ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
+
+def _stop_when_done(fut: asyncio.Future[Any]) -> None:
+    """Done callback of `run_until_complete`: stop the future's loop."""
+    if not fut.cancelled():
+        exc = fut.exception()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            # run_forever() re-raises these itself; stopping here would swallow them.
+            return
+    futures._get_loop(fut).stop()
+
+
+class Loop(LoopCore, asyncio.AbstractEventLoop):
+    """A drop-in replacement for asyncio's event loop, with a native core."""
+
+    def __init__(self) -> None:
+        self._exception_handler: _ExceptionHandler | None = None
+        self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_shutdown_called = False
+        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth: int | None = None
+        self.set_debug(coroutines._is_debug_mode())
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} running={self.is_running()} "
+            f"closed={self.is_closed()} debug={self.get_debug()}>"
+        )
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # ----------------------------------------------------------------- running
+
+    def _check_running(self) -> None:
+        if self.is_running():
+            raise RuntimeError("This event loop is already running")
+        if events._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+
+    def run_forever(self) -> None:
+        """Run until stop() is called."""
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self.get_debug())
+        saved_hooks = sys.get_asyncgen_hooks()
+        try:
+            self._set_running_thread(True)
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            events._set_running_loop(self)
+            self._run_forever_native()
+        finally:
+            self._set_running_thread(False)
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*saved_hooks)
+
+    def run_until_complete(self, future: Any) -> Any:
+        """Run until the future (or coroutine, wrapped in a task) is done; return its result."""
+        self._check_closed()
+        self._check_running()
+        new_task = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if new_task:
+            # An exception here is re-raised to the caller: don't also log it as lost.
+            future._log_destroy_pending = False
+        future.add_done_callback(_stop_when_done)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                # The caller sees the exception raised out of run_forever(); mark the task's
+                # own exception retrieved so it is not reported a second time.
+                future.exception()
+            raise
+        finally:
+            future.remove_done_callback(_stop_when_done)
+        if not future.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+        return future.result()
+
+    def close(self) -> None:
+        """Close the loop: drop pending callbacks, release the poller, shut the default
+        executor down without waiting. Idempotent; not allowed while running."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self.get_debug():
+            logger.debug("Close %r", self)
+        self._close_native()
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    # ------------------------------------------------------------------ debug
+
+    def set_debug(self, enabled: bool) -> None:
+        self._set_debug_flag(bool(enabled))
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
+
+    def _set_coroutine_origin_tracking(self, enabled: bool) -> None:
+        if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
+            return
+        if enabled:
+            self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(constants.DEBUG_STACK_DEPTH)
+        else:
+            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth or 0)
+        self._coroutine_origin_tracking_enabled = enabled
+
+    def _log_slow_callback(self, handle: Any, seconds: float) -> None:
+        """Called by the core in debug mode for a callback slower than slow_callback_duration."""
+        logger.warning("Executing %s took %.3f seconds", format_handle(handle), seconds)
+
+    # ------------------------------------------------------------- exceptions
+
+    def _report_callback_exception(self, handle: Any, exc: BaseException) -> None:
+        """Called by the core when a callback raised (asyncio's Handle._run)."""
+        callback = format_helpers._format_callback_source(handle._callback, handle._args)
+        context: dict[str, Any] = {
+            "message": f"Exception in callback {callback}",
+            "exception": exc,
+            "handle": handle,
+        }
+        source = handle._source_traceback
+        if source:
+            context["source_traceback"] = source
+        self.call_exception_handler(context)
+
+    def get_exception_handler(self) -> _ExceptionHandler | None:
+        return self._exception_handler
+
+    def set_exception_handler(self, handler: _ExceptionHandler | None) -> None:
+        if handler is not None and not callable(handler):
+            raise TypeError(f"A callable object or None is expected, got {handler!r}")
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        """Log the context at ERROR level on the 'asyncio' logger, as asyncio does."""
+        message = context.get("message") or "Unhandled exception in event loop"
+        exception = context.get("exception")
+        exc_info: Any = False
+        if exception is not None:
+            exc_info = (type(exception), exception, exception.__traceback__)
+        current = self._current_handle
+        if "source_traceback" not in context and current is not None and current._source_traceback:
+            context["handle_traceback"] = current._source_traceback
+        lines = [message]
+        for key in sorted(context):
+            if key in ("message", "exception"):
+                continue
+            lines.append(f"{key}: {self._format_context_value(key, context[key])}")
+        logger.error("\n".join(lines), exc_info=exc_info)
+
+    @staticmethod
+    def _format_context_value(key: str, value: Any) -> str:
+        titles = {
+            "source_traceback": "Object created at (most recent call last):\n",
+            "handle_traceback": "Handle created at (most recent call last):\n",
+        }
+        if key in titles:
+            return titles[key] + "".join(traceback.format_list(value)).rstrip()
+        return repr(value)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        """Pass the context to the handler set with set_exception_handler() (or the default
+        one); a handler that fails is itself reported, never propagated (but SystemExit and
+        KeyboardInterrupt are)."""
+        handler = self._exception_handler
+        if handler is None:
+            try:
+                self.default_exception_handler(context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error("Exception in default exception handler", exc_info=True)
+            return
+        try:
+            handler(self, context)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            try:
+                self.default_exception_handler(
+                    {
+                        "message": "Unhandled error in exception handler",
+                        "exception": exc,
+                        "context": context,
+                    }
+                )
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error(
+                    "Exception in default exception handler while handling an "
+                    "unexpected error in custom exception handler",
+                    exc_info=True,
+                )
+
+    # -------------------------------------------------------------- executors
+
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+        self._check_closed()
+        if self.get_debug():
+            if coroutines.iscoroutine(func) or coroutines.iscoroutinefunction(func):
+                raise TypeError("coroutines cannot be used with run_in_executor()")
+            if not callable(func):
+                raise TypeError(
+                    f"a callable object was expected by run_in_executor(), got {func!r}"
+                )
+        if executor is None:
+            if self._executor_shutdown_called:
+                raise RuntimeError("Executor shutdown has been called")
+            executor = self._default_executor
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
+        return futures.wrap_future(executor.submit(func, *args), loop=self)
+
+    def set_default_executor(self, executor: Any) -> None:
+        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            raise TypeError("executor must be ThreadPoolExecutor instance")
+        self._default_executor = executor
+
+    async def shutdown_default_executor(self) -> None:
+        """Shut the default executor down, waiting for its threads in a helper thread."""
+        self._executor_shutdown_called = True
+        if self._default_executor is None:
+            return
+        done = self.create_future()
+        waiter = threading.Thread(target=self._shutdown_executor_in_thread, args=(done,))
+        waiter.start()
+        try:
+            await done
+        finally:
+            waiter.join()
+
+    def _shutdown_executor_in_thread(self, done: asyncio.Future[None]) -> None:
+        executor = self._default_executor
+        try:
+            if executor is not None:
+                executor.shutdown(wait=True)
+        except Exception as exc:
+            if not self.is_closed():
+                self.call_soon_threadsafe(done.set_exception, exc)
+        else:
+            if not self.is_closed():
+                self.call_soon_threadsafe(done.set_result, None)
+
+    # ------------------------------------------------------ async generators
+
+    def _asyncgen_firstiter_hook(self, agen: Any) -> None:
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after "
+                f"loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+            )
+        self._asyncgens.add(agen)
+
+    def _asyncgen_finalizer_hook(self, agen: Any) -> None:
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    async def shutdown_asyncgens(self) -> None:
+        """Close every async generator still alive (asyncio.run calls this at the end)."""
+        self._asyncgens_shutdown_called = True
+        if not len(self._asyncgens):
+            return
+        closing = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await tasks.gather(*[agen.aclose() for agen in closing], return_exceptions=True)
+        for result, agen in zip(results, closing):
+            if isinstance(result, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": f"an error occurred during closing of "
+                        f"asynchronous generator {agen!r}",
+                        "exception": result,
+                        "asyncgen": agen,
+                    }
+                )
+
+
+def _not_yet(name: str, issue: str) -> Callable[..., Any]:
+    def method(self: Loop, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            f"ferroloop: loop.{name}() is not implemented yet ({issue} is a later milestone)"
+        )
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"Not implemented yet in ferroloop: {issue}."
+    return method
+
+
+_NETWORKING = (
+    "create_connection create_server create_unix_connection create_unix_server "
+    "create_datagram_endpoint connect_accepted_socket start_tls sendfile sock_recv "
+    "sock_recv_into sock_recvfrom sock_recvfrom_into sock_sendall sock_sendto sock_connect "
+    "sock_accept sock_sendfile getaddrinfo getnameinfo"
+).split()
+_PROCESSES = (
+    "subprocess_exec subprocess_shell connect_read_pipe connect_write_pipe "
+    "add_signal_handler remove_signal_handler"
+).split()
+
+for _name in _NETWORKING:
+    setattr(Loop, _name, _not_yet(_name, "networking"))
+for _name in _PROCESSES:
+    setattr(Loop, _name, _not_yet(_name, "subprocesses, pipes and signals"))
+del _name

@@ -1,0 +1,840 @@
+//! `LoopCore`: the native half of `ferroloop.Loop`.
+//!
+//! It owns the ready queue, the timer heap, the epoll poller and the fd watchers, and runs
+//! the loop (`_run_once` is asyncio's `BaseEventLoop._run_once`, in Rust). The Python class
+//! `ferroloop.Loop` derives from it and adds the per-loop logic that asyncio keeps in
+//! Python (exception handlers, executors, async generators, run_until_complete).
+
+mod clock;
+mod fds;
+mod poller;
+mod timers;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple};
+
+use crate::gil_cell::GilCell;
+use crate::handles::{Handle, Runnable, TimerHandle};
+use fds::{fileobj_to_fd, Direction, Watchers};
+use poller::{Poller, Ready, ERROR_OR_HUP, READABLE, WRITABLE};
+use timers::{TimerEntry, Timers};
+
+/// Mutable loop state, touched only with the GIL held (see `GilCell`).
+#[derive(Default)]
+struct State {
+    ready: VecDeque<Py<Handle>>,
+    timers: Timers,
+    fds: HashMap<RawFd, Watchers>,
+    /// Reused buffer for readiness reports.
+    events: Vec<Ready>,
+    /// The handle running now, in debug mode (asyncio's `_current_handle`).
+    current_handle: Option<Py<Handle>>,
+    task_factory: Option<Py<PyAny>>,
+}
+
+/// Python objects the hot paths call, looked up once per loop.
+struct PyRefs {
+    future_type: Py<PyAny>,
+    task_type: Py<PyAny>,
+    /// ("loop",) and ("loop", "name", "context"): keyword names for vectorcall.
+    kw_loop: Py<PyTuple>,
+    kw_task: Py<PyTuple>,
+    helpers: Py<PyModule>,
+}
+
+#[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
+pub struct LoopCore {
+    state: GilCell<State>,
+    poller: Poller,
+    refs: PyRefs,
+    closed: AtomicBool,
+    debug: AtomicBool,
+    stopping: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop, 0 when not running.
+    thread_id: AtomicU64,
+    slow_callback_duration: AtomicU64,
+    /// Cancelled timers still in the heap; shared with every TimerHandle of this loop.
+    timers_cancelled: Arc<AtomicUsize>,
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+fn current_thread_ident() -> u64 {
+    // SAFETY: no preconditions; returns the id `threading.get_ident()` returns.
+    unsafe { ffi::PyThread_get_thread_ident() as u64 }
+}
+
+/// A copy of the current context (`contextvars.copy_context()`), or the given one, which must
+/// be a `contextvars.Context`.
+fn context_or_copy(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+    match context {
+        Some(ctx) if !ctx.is_none() => {
+            // SAFETY: type check on a live object.
+            if unsafe { ffi::PyContext_CheckExact(ctx.as_ptr()) } == 0 {
+                return Err(PyTypeError::new_err(format!(
+                    "context must be a contextvars.Context, got {}",
+                    ctx.get_type().name()?
+                )));
+            }
+            Ok(ctx.unbind())
+        }
+        _ => {
+            // SAFETY: returns a new reference to a new Context or NULL with an error set.
+            let ptr = unsafe { ffi::PyContext_CopyCurrent() };
+            // SAFETY: `ptr` is an owned reference (or NULL, turned into the pending error).
+            Ok(unsafe { Bound::from_owned_ptr_or_err(py, ptr)? }.unbind())
+        }
+    }
+}
+
+/// `PyObject_Vectorcall` with keyword arguments: `args` holds the positional values followed
+/// by one value per name in `kwnames`.
+fn vectorcall<'py>(
+    py: Python<'py>,
+    callable: &Py<PyAny>,
+    args: &[*mut ffi::PyObject],
+    kwnames: &Py<PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let nkw = kwnames.bind(py).len();
+    let npos = args.len() - nkw;
+    // SAFETY: every pointer in `args` is a live object borrowed from the caller for the
+    // duration of the call; `kwnames` is a tuple of `nkw` str; the result is a new reference
+    // or NULL with an exception set.
+    unsafe {
+        let res =
+            ffi::PyObject_Vectorcall(callable.as_ptr(), args.as_ptr(), npos, kwnames.as_ptr());
+        Bound::from_owned_ptr_or_err(py, res)
+    }
+}
+
+impl LoopCore {
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn is_debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    /// asyncio's `_check_thread` (debug mode only).
+    fn check_thread(&self) -> PyResult<()> {
+        let owner = self.thread_id.load(Ordering::Relaxed);
+        if owner != 0 && owner != current_thread_ident() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks done when a callback is scheduled: always that it is callable; in debug mode
+    /// also the thread and that it is not a coroutine (asyncio's `_check_callback`).
+    fn check_callback(
+        &self,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        thread: bool,
+    ) -> PyResult<()> {
+        self.check_closed()?;
+        let debug = self.is_debug();
+        if debug && thread {
+            self.check_thread()?;
+        }
+        if debug {
+            self.refs
+                .helpers
+                .bind(callback.py())
+                .call_method1("check_callback", (callback, method))?;
+        }
+        if !callback.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "a callable object was expected by {method}(), got {}",
+                callback.repr()?
+            )));
+        }
+        Ok(())
+    }
+
+    fn source_traceback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        if !self.is_debug() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.refs
+                .helpers
+                .bind(py)
+                .call_method0("capture_stack")?
+                .unbind(),
+        ))
+    }
+
+    fn new_handle(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Handle> {
+        let args = if args.is_empty() {
+            None
+        } else {
+            Some(args.unbind())
+        };
+        let context = context_or_copy(py, context)?;
+        Ok(Handle::new(
+            callback.unbind(),
+            args,
+            context,
+            self.source_traceback(py)?,
+        ))
+    }
+
+    fn schedule_soon(&self, py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
+        let handle = Py::new(py, handle)?;
+        self.state
+            .borrow_mut(py)?
+            .ready
+            .push_back(handle.clone_ref(py));
+        Ok(handle)
+    }
+
+    fn schedule_at(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let base = self.new_handle(py, callback, args, context)?;
+        let init = PyClassInitializer::from(base)
+            .add_subclass(TimerHandle::new(when, self.timers_cancelled.clone()));
+        let timer = Py::new(py, init)?;
+        timer.get().set_scheduled(true);
+        self.state
+            .borrow_mut(py)?
+            .timers
+            .push(when, timer.clone_ref(py));
+        Ok(timer)
+    }
+
+    /// Drops cancelled timers from the heap and says how long the next wait may last
+    /// (milliseconds, -1 for no limit).
+    fn prepare_wait(&self, py: Python<'_>) -> PyResult<(i32, bool, Vec<Ready>)> {
+        let mut dropped: Vec<TimerEntry> = Vec::new();
+        let result = {
+            let mut st = self.state.borrow_mut(py)?;
+            let cancelled = self.timers_cancelled.load(Ordering::Relaxed);
+            if cancelled > 0 {
+                let (n, gone) = st.timers.purge_cancelled(py, cancelled);
+                self.timers_cancelled
+                    .store(cancelled.saturating_sub(n), Ordering::Relaxed);
+                dropped = gone;
+            }
+            let timeout = if !st.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
+                0
+            } else if let Some(when) = st.timers.peek_when() {
+                clock::wait_millis(when - clock::monotonic())
+            } else {
+                -1
+            };
+            let must_poll = timeout != 0 || !st.fds.is_empty();
+            (timeout, must_poll, std::mem::take(&mut st.events))
+        };
+        drop(dropped);
+        Ok(result)
+    }
+
+    /// Waits for I/O (releasing the GIL if the wait may block) and queues the watchers of
+    /// the ready fds.
+    fn poll(&self, py: Python<'_>, timeout_ms: i32, mut events: Vec<Ready>) -> PyResult<()> {
+        let result = if timeout_ms == 0 {
+            self.poller.wait(&mut events, 0)
+        } else {
+            let poller = &self.poller;
+            let (result, ev) = py.detach(move || {
+                let r = poller.wait(&mut events, timeout_ms);
+                (r, events)
+            });
+            events = ev;
+            result
+        };
+        self.poller.set_sleeping(false);
+        match result {
+            Ok(_) => self.queue_io_callbacks(py, events),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.state.borrow_mut(py)?.events = events;
+                // Run Python's signal handlers now (PEP 475): KeyboardInterrupt surfaces here.
+                py.check_signals()
+            }
+            Err(e) => {
+                self.state.borrow_mut(py)?.events = events;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn queue_io_callbacks(&self, py: Python<'_>, mut events: Vec<Ready>) -> PyResult<()> {
+        let mut stale: Vec<(RawFd, Direction)> = Vec::new();
+        {
+            let mut st = self.state.borrow_mut(py)?;
+            let State { ready, fds, .. } = &mut *st;
+            for ev in events.drain(..) {
+                let Some(w) = fds.get(&ev.fd) else { continue };
+                for (dir, bits, slot) in [
+                    (Direction::Read, READABLE, &w.reader),
+                    (Direction::Write, WRITABLE, &w.writer),
+                ] {
+                    let Some(handle) = slot else { continue };
+                    if ev.events & (bits | ERROR_OR_HUP) == 0 {
+                        continue;
+                    }
+                    if handle.get().is_cancelled() {
+                        stale.push((ev.fd, dir));
+                    } else {
+                        ready.push_back(handle.clone_ref(py));
+                    }
+                }
+            }
+            st.events = events;
+        }
+        // A cancelled watcher is unregistered, as asyncio's _process_events does.
+        for (fd, dir) in stale {
+            drop(self.set_watcher(py, fd, dir, None)?);
+        }
+        Ok(())
+    }
+
+    /// Moves due timers to the ready queue.
+    fn queue_due_timers(&self, py: Python<'_>) -> PyResult<()> {
+        let end = clock::monotonic() + clock::RESOLUTION;
+        let mut dropped: Vec<TimerEntry> = Vec::new();
+        {
+            let mut st = self.state.borrow_mut(py)?;
+            while st.timers.peek_when().is_some_and(|when| when < end) {
+                let Some(entry) = st.timers.pop() else { break };
+                entry.handle.get().set_scheduled(false);
+                if entry.is_cancelled(py) {
+                    let n = self.timers_cancelled.load(Ordering::Relaxed);
+                    self.timers_cancelled
+                        .store(n.saturating_sub(1), Ordering::Relaxed);
+                    dropped.push(entry);
+                } else {
+                    let handle = entry.handle.into_bound(py).into_super().unbind();
+                    st.ready.push_back(handle);
+                }
+            }
+        }
+        drop(dropped);
+        Ok(())
+    }
+
+    /// Runs the handles that were ready when this iteration began.
+    fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let ntodo = this.state.borrow(py)?.ready.len();
+        for _ in 0..ntodo {
+            let Some(handle) = this.state.borrow_mut(py)?.ready.pop_front() else {
+                break;
+            };
+            let Some(runnable) = handle.get().runnable(py)? else {
+                continue;
+            };
+            let outcome = if this.is_debug() {
+                Self::run_timed(slf, &handle, &runnable)
+            } else {
+                Handle::run_runnable(py, &runnable)
+            };
+            if let Err(err) = outcome {
+                Self::report_callback_error(slf, &handle, err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Debug-mode run: records the current handle and warns about slow callbacks.
+    fn run_timed(slf: &Bound<'_, Self>, handle: &Py<Handle>, runnable: &Runnable) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.state.borrow_mut(py)?.current_handle = Some(handle.clone_ref(py));
+        let t0 = clock::monotonic();
+        let outcome = Handle::run_runnable(py, runnable);
+        let elapsed = clock::monotonic() - t0;
+        let previous = this.state.borrow_mut(py)?.current_handle.take();
+        drop(previous);
+        let slow = f64::from_bits(this.slow_callback_duration.load(Ordering::Relaxed));
+        if elapsed >= slow {
+            slf.call_method1("_log_slow_callback", (handle.clone_ref(py), elapsed))?;
+        }
+        outcome
+    }
+
+    /// KeyboardInterrupt and SystemExit leave the loop; anything else goes to the
+    /// exception handler and the loop goes on (asyncio's `Handle._run`).
+    fn report_callback_error(
+        slf: &Bound<'_, Self>,
+        handle: &Py<Handle>,
+        err: PyErr,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+            return Err(err);
+        }
+        slf.call_method1(
+            "_report_callback_exception",
+            (handle.clone_ref(py), err.value(py)),
+        )?;
+        Ok(())
+    }
+
+    /// Sets (or with `None` clears) the watcher of one direction of `fd`, updating epoll.
+    /// Returns the watcher it replaced, for the caller to cancel and drop outside any borrow.
+    fn set_watcher(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        dir: Direction,
+        new: Option<Py<Handle>>,
+    ) -> PyResult<Option<Py<Handle>>> {
+        let mut st = self.state.borrow_mut(py)?;
+        let known = st.fds.contains_key(&fd);
+        let watchers = st.fds.entry(fd).or_default();
+        let before = watchers.interest();
+        let old = std::mem::replace(watchers.slot(dir), new);
+        let after = watchers.interest();
+        if after == 0 {
+            st.fds.remove(&fd);
+            if known {
+                self.poller.remove(fd);
+            }
+        } else if after != before || !known {
+            if let Err(e) = self.poller.set_interest(fd, after, known) {
+                // Undo: put the old watcher back (or forget the fd) and report the OSError.
+                let failed = match st.fds.get_mut(&fd) {
+                    Some(w) => std::mem::replace(w.slot(dir), old),
+                    None => None,
+                };
+                if !known {
+                    st.fds.remove(&fd);
+                }
+                drop(st);
+                drop(failed);
+                return Err(e.into());
+            }
+        }
+        Ok(old)
+    }
+
+    fn add_watcher(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        dir: Direction,
+        method: &str,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_callback(&callback, method, true)?;
+        let fd = fileobj_to_fd(fd)?;
+        let handle = Py::new(py, this.new_handle(py, callback, args, None)?)?;
+        if let Some(old) = this.set_watcher(py, fd, dir, Some(handle))? {
+            old.bind(py).call_method0("cancel")?;
+        }
+        Ok(())
+    }
+
+    fn remove_watcher(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        dir: Direction,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        if this.is_debug() {
+            this.check_thread()?;
+        }
+        let fd = fileobj_to_fd(fd)?;
+        match this.set_watcher(py, fd, dir, None)? {
+            Some(old) => {
+                old.bind(py).call_method0("cancel")?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let asyncio = py.import("asyncio")?;
+        let refs = PyRefs {
+            future_type: asyncio.getattr("Future")?.unbind(),
+            task_type: asyncio.getattr("Task")?.unbind(),
+            kw_loop: PyTuple::new(py, [PyString::intern(py, "loop")])?.unbind(),
+            kw_task: PyTuple::new(
+                py,
+                [
+                    PyString::intern(py, "loop"),
+                    PyString::intern(py, "name"),
+                    PyString::intern(py, "context"),
+                ],
+            )?
+            .unbind(),
+            helpers: py.import("ferroloop._helpers")?.unbind(),
+        };
+        Ok(LoopCore {
+            state: GilCell::new(State::default()),
+            poller: Poller::new()?,
+            refs,
+            closed: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            thread_id: AtomicU64::new(0),
+            slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
+            timers_cancelled: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The loop's clock: `time.monotonic()`.
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    fn get_debug(&self) -> bool {
+        self.is_debug()
+    }
+
+    fn _set_debug_flag(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
+    }
+
+    fn _check_closed(&self) -> PyResult<()> {
+        self.check_closed()
+    }
+
+    /// Stops the loop once the current iteration has run.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    #[getter]
+    fn _stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn _thread_id(&self) -> Option<u64> {
+        match self.thread_id.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Marks the loop as running in the calling thread (`Some`) or not running (`None`).
+    fn _set_running_thread(&self, running: bool) {
+        let id = if running { current_thread_ident() } else { 0 };
+        self.thread_id.store(id, Ordering::Relaxed);
+    }
+
+    #[getter]
+    fn get_slow_callback_duration(&self) -> f64 {
+        f64::from_bits(self.slow_callback_duration.load(Ordering::Relaxed))
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, seconds: f64) {
+        self.slow_callback_duration
+            .store(seconds.to_bits(), Ordering::Relaxed);
+    }
+
+    #[getter]
+    fn _current_handle(&self, py: Python<'_>) -> PyResult<Option<Py<Handle>>> {
+        Ok(self
+            .state
+            .borrow(py)?
+            .current_handle
+            .as_ref()
+            .map(|h| h.clone_ref(py)))
+    }
+
+    /// Number of timers in the heap, cancelled ones included (for tests and metrics).
+    fn _timer_count(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.state.borrow(py)?.timers.len())
+    }
+
+    /// Number of callbacks waiting in the ready queue.
+    fn _ready_count(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.state.borrow(py)?.ready.len())
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_callback(&callback, "call_soon", true)?;
+        let handle = this.new_handle(py, callback, args, context)?;
+        this.schedule_soon(py, handle)
+    }
+
+    /// `call_soon` from any thread: wakes the loop if it is waiting.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_callback(&callback, "call_soon_threadsafe", false)?;
+        let handle = this.new_handle(py, callback, args, context)?;
+        let handle = this.schedule_soon(py, handle)?;
+        this.poller.wake_if_sleeping();
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let delay: f64 = delay.extract()?;
+        let this = slf.get();
+        this.check_callback(&callback, "call_later", true)?;
+        this.schedule_at(
+            slf.py(),
+            clock::monotonic() + delay,
+            callback,
+            args,
+            context,
+        )
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when: f64 = when.extract()?;
+        let this = slf.get();
+        this.check_callback(&callback, "call_at", true)?;
+        this.schedule_at(slf.py(), when, callback, args, context)
+    }
+
+    /// An `asyncio.Future` bound to this loop.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        vectorcall(
+            slf.py(),
+            &this.refs.future_type,
+            &[slf.as_ptr()],
+            &this.refs.kw_loop,
+        )
+    }
+
+    /// Schedules a coroutine as an `asyncio.Task` (or the task factory's result).
+    #[pyo3(signature = (coro, *, name=None, context=None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: Bound<'py, PyAny>,
+        name: Option<Bound<'py, PyAny>>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let none = py.None();
+        let name = name.filter(|n| !n.is_none());
+        let context = context.filter(|c| !c.is_none());
+        let factory = this
+            .state
+            .borrow(py)?
+            .task_factory
+            .as_ref()
+            .map(|f| f.clone_ref(py));
+        let Some(factory) = factory else {
+            let name_ptr = name.as_ref().map_or(none.as_ptr(), |n| n.as_ptr());
+            let ctx_ptr = context.as_ref().map_or(none.as_ptr(), |c| c.as_ptr());
+            let args = [coro.as_ptr(), slf.as_ptr(), name_ptr, ctx_ptr];
+            return vectorcall(py, &this.refs.task_type, &args, &this.refs.kw_task);
+        };
+        let task = match context {
+            None => factory.bind(py).call1((slf, coro))?,
+            Some(ctx) => {
+                let kwargs = pyo3::types::PyDict::new(py);
+                kwargs.set_item("context", ctx)?;
+                factory.bind(py).call((slf, coro), Some(&kwargs))?
+            }
+        };
+        if let Some(name) = name {
+            this.refs
+                .helpers
+                .bind(py)
+                .call_method1("set_task_name", (&task, name))?;
+        }
+        Ok(task)
+    }
+
+    fn set_task_factory(&self, py: Python<'_>, factory: Bound<'_, PyAny>) -> PyResult<()> {
+        let factory = if factory.is_none() {
+            None
+        } else if factory.is_callable() {
+            Some(factory.unbind())
+        } else {
+            return Err(PyTypeError::new_err(
+                "task factory must be a callable or None",
+            ));
+        };
+        let old = std::mem::replace(&mut self.state.borrow_mut(py)?.task_factory, factory);
+        drop(old);
+        Ok(())
+    }
+
+    fn get_task_factory(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self
+            .state
+            .borrow(py)?
+            .task_factory
+            .as_ref()
+            .map(|f| f.clone_ref(py)))
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::add_watcher(slf, &fd, Direction::Read, "add_reader", callback, args)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::add_watcher(slf, &fd, Direction::Write, "add_writer", callback, args)
+    }
+
+    fn remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watcher(slf, &fd, Direction::Read)
+    }
+
+    fn remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watcher(slf, &fd, Direction::Write)
+    }
+
+    /// One iteration of the loop: wait for I/O or the next timer, then run what is ready.
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        // Announce a possible sleep before anything that may run Python code (and so let
+        // another thread queue work): that thread will then wake us.
+        this.poller.set_sleeping(true);
+        let (timeout_ms, must_poll, events) = match this.prepare_wait(py) {
+            Ok(w) => w,
+            Err(e) => {
+                this.poller.set_sleeping(false);
+                return Err(e);
+            }
+        };
+        if must_poll {
+            this.poll(py, timeout_ms, events)?;
+        } else {
+            this.poller.set_sleeping(false);
+            this.state.borrow_mut(py)?.events = events;
+        }
+        this.queue_due_timers(py)?;
+        Self::run_ready(slf)
+    }
+
+    /// Runs iterations until `stop()` is called or a callback raises KeyboardInterrupt or
+    /// SystemExit (which propagate). The Python `run_forever` wraps this with the
+    /// per-run setup (running loop, async generator hooks).
+    fn _run_forever_native(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let result = loop {
+            if let Err(e) = Self::_run_once(slf) {
+                break Err(e);
+            }
+            if this.stopping.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+        };
+        this.stopping.store(false, Ordering::Relaxed);
+        result
+    }
+
+    /// Closes the native side: drops queued callbacks and timers, closes epoll.
+    fn _close_native(&self, py: Python<'_>) -> PyResult<()> {
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let dropped = {
+            let mut st = self.state.borrow_mut(py)?;
+            self.timers_cancelled.store(0, Ordering::Relaxed);
+            (
+                std::mem::take(&mut st.ready),
+                st.timers.take_all(),
+                std::mem::take(&mut st.fds),
+            )
+        };
+        self.poller.close();
+        drop(dropped);
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! `Handle` and `TimerHandle`: what `call_soon`, `call_later`, `call_at` and `add_reader`
+//! return, and what the loop's ready queue and timer heap hold.
+//!
+//! Semantics follow `asyncio.events.Handle`/`TimerHandle`: a handle keeps its callback, its
+//! arguments and the `contextvars.Context` to run them in; `cancel()` drops the callback and
+//! arguments at once (breaking reference cycles) and the loop skips it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::gil_cell::GilCell;
+
+/// What a handle runs. Cleared on cancel.
+struct Payload {
+    callback: Option<Py<PyAny>>,
+    /// `None` when the callback takes no arguments (the common case for tasks).
+    args: Option<Py<PyTuple>>,
+    context: Py<PyAny>,
+    /// `asyncio.format_helpers.extract_stack()` at creation, in debug mode only.
+    source_traceback: Option<Py<PyAny>>,
+    /// In debug mode, the repr taken just before cancel() clears the callback.
+    repr_at_cancel: Option<Py<PyAny>>,
+}
+
+#[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
+pub struct Handle {
+    payload: GilCell<Payload>,
+    cancelled: AtomicBool,
+}
+
+/// The callback, arguments and context of a handle about to run, each with its own
+/// reference so that the handle may be cancelled (or dropped) while the callback runs.
+pub struct Runnable {
+    pub callback: Py<PyAny>,
+    pub args: Option<Py<PyTuple>>,
+    pub context: Py<PyAny>,
+}
+
+impl Handle {
+    pub fn new(
+        callback: Py<PyAny>,
+        args: Option<Py<PyTuple>>,
+        context: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        Handle {
+            payload: GilCell::new(Payload {
+                callback: Some(callback),
+                args,
+                context,
+                source_traceback,
+                repr_at_cancel: None,
+            }),
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Clones out what is needed to run the handle; `None` if it was cancelled.
+    pub fn runnable(&self, py: Python<'_>) -> PyResult<Option<Runnable>> {
+        if self.is_cancelled() {
+            return Ok(None);
+        }
+        let p = self.payload.borrow(py)?;
+        Ok(p.callback.as_ref().map(|cb| Runnable {
+            callback: cb.clone_ref(py),
+            args: p.args.as_ref().map(|a| a.clone_ref(py)),
+            context: p.context.clone_ref(py),
+        }))
+    }
+
+    pub fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let p = self.payload.borrow(py).ok()?;
+        p.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// Marks the handle cancelled and drops its callback and arguments.
+    /// Returns false if it was already cancelled.
+    fn cancel_inner(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.cancelled.swap(true, Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let keep_repr = this.payload.borrow(py)?.source_traceback.is_some();
+        let repr = if keep_repr {
+            Some(handle_repr(slf.as_any())?.unbind())
+        } else {
+            None
+        };
+        // Take the references out and drop them after the borrow ends: dropping them may
+        // run arbitrary Python code (__del__) that could touch this handle again.
+        let dropped = {
+            let mut p = this.payload.borrow_mut(py)?;
+            p.repr_at_cancel = repr;
+            (p.callback.take(), p.args.take())
+        };
+        drop(dropped);
+        Ok(true)
+    }
+
+    /// Runs the callback inside its context. `Err` carries the exception it raised.
+    pub fn run_runnable(py: Python<'_>, r: &Runnable) -> PyResult<()> {
+        let ctx = r.context.as_ptr();
+        // SAFETY: `ctx` is a live contextvars.Context (checked when the handle was made) kept
+        // alive by `r` for the whole call; enter and exit are paired on this thread with the
+        // GIL held, as the C API requires.
+        unsafe {
+            if ffi::PyContext_Enter(ctx) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+            let result = match &r.args {
+                None => ffi::PyObject_CallNoArgs(r.callback.as_ptr()),
+                Some(args) => {
+                    ffi::PyObject_Call(r.callback.as_ptr(), args.as_ptr(), std::ptr::null_mut())
+                }
+            };
+            // Fetch before exiting the context so the error indicator is not disturbed.
+            let err = if result.is_null() {
+                Some(PyErr::fetch(py))
+            } else {
+                ffi::Py_DECREF(result);
+                None
+            };
+            if ffi::PyContext_Exit(ctx) < 0 {
+                return Err(err.unwrap_or_else(|| PyErr::fetch(py)));
+            }
+            match err {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// Formats a handle like asyncio does, by asking `ferroloop._helpers` (not a hot path).
+fn handle_repr<'py>(handle: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = handle.py();
+    py.import("ferroloop._helpers")?
+        .getattr("handle_repr")?
+        .call1((handle,))
+}
+
+#[pymethods]
+impl Handle {
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Handle::cancel_inner(slf).map(|_| ())
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.payload.borrow(py)?.context.clone_ref(py))
+    }
+
+    /// Runs the callback now, reporting an exception like the loop would. Provided for
+    /// code that calls `handle._run()` on asyncio handles.
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        match slf.get().runnable(py)? {
+            None => Ok(()),
+            Some(r) => Handle::run_runnable(py, &r),
+        }
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self
+            .payload
+            .borrow(py)?
+            .callback
+            .as_ref()
+            .map(|c| c.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let p = self.payload.borrow(py)?;
+        if p.callback.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(match &p.args {
+            Some(a) => a.clone_ref(py).into_any(),
+            None => PyTuple::empty(py).into_any().unbind(),
+        }))
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.get_context(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback(py)
+    }
+
+    #[getter]
+    fn _repr(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self
+            .payload
+            .borrow(py)?
+            .repr_at_cancel
+            .as_ref()
+            .map(|r| r.clone_ref(py)))
+    }
+
+    fn __repr__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(r) = slf.get().payload.borrow(slf.py())?.repr_at_cancel.as_ref() {
+            return Ok(r.bind(slf.py()).clone());
+        }
+        handle_repr(slf.as_any())
+    }
+}
+
+/// A handle scheduled for a point in time (`call_later`/`call_at`).
+#[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
+pub struct TimerHandle {
+    when: f64,
+    /// True while the handle sits in the loop's timer heap.
+    scheduled: AtomicBool,
+    /// The loop's count of cancelled-but-still-scheduled timers (drives heap compaction).
+    cancelled_in_heap: Arc<AtomicUsize>,
+}
+
+impl TimerHandle {
+    pub fn new(when: f64, cancelled_in_heap: Arc<AtomicUsize>) -> Self {
+        TimerHandle {
+            when,
+            scheduled: AtomicBool::new(false),
+            cancelled_in_heap,
+        }
+    }
+
+    pub fn when_value(&self) -> f64 {
+        self.when
+    }
+
+    pub fn set_scheduled(&self, scheduled: bool) {
+        self.scheduled.store(scheduled, Ordering::Relaxed);
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if Handle::cancel_inner(slf.as_super())? && slf.get().scheduled.load(Ordering::Relaxed) {
+            slf.get().cancelled_in_heap.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+}

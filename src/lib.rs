@@ -1,0 +1,15 @@
+//! ferroloop's native module, `ferroloop._ferroloop`: registers the classes, nothing else.
+
+mod event_loop;
+mod gil_cell;
+mod handles;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = true)]
+fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    Ok(())
+}
