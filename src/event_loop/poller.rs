@@ -134,9 +134,6 @@ impl Poller {
     }
 
     fn drain_waker(&self) {
-        // Clear first: a wake racing with the read then writes again, which costs at most
-        // one spurious iteration and never loses a wake-up.
-        self.wake_pending.store(false, Ordering::Release);
         let mut buf = 0u64;
         // SAFETY: reads 8 bytes into a valid u64 from our own non-blocking eventfd.
         unsafe {
@@ -146,6 +143,13 @@ impl Poller {
                 8,
             )
         };
+        // Clear only after the read. Clearing first would let a racing `wake` write, have
+        // that write consumed by this read, and leave `wake_pending` stuck at true with an
+        // empty eventfd: every later wake would be skipped and the loop would sleep forever.
+        // In this order a wake that sees `true` between the read and the store is skipped
+        // safely: its work was queued (under the GIL) before this wait returns, and the loop
+        // runs the ready queue right after.
+        self.wake_pending.store(false, Ordering::Release);
     }
 
     /// Called by the loop thread, holding the GIL, around a blocking wait.
