@@ -39,6 +39,14 @@ impl<T> GilCell<T> {
         self.inner.try_borrow().map_err(|_| reentrant())
     }
 
+    /// Shared access from `__traverse__`, where PyO3 gives no `Python` token. The cycle
+    /// collector only runs with the GIL held, so the GIL rule still holds; `None` if a
+    /// mutable borrow is live (the GC interrupted code that holds one: report no references
+    /// rather than read a value being changed).
+    pub fn borrow_for_traverse(&self) -> Option<Ref<'_, T>> {
+        self.inner.try_borrow().ok()
+    }
+
     pub fn borrow_mut<'a>(&'a self, _py: Python<'a>) -> PyResult<RefMut<'a, T>> {
         self.inner.try_borrow_mut().map_err(|_| reentrant())
     }

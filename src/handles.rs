@@ -11,6 +11,7 @@ use std::sync::Arc;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
 
@@ -151,6 +152,29 @@ fn handle_repr<'py>(handle: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
 
 #[pymethods]
 impl Handle {
+    /// Lets the cycle collector see what the handle holds (a handle stored on the object its
+    /// callback is bound to is a common cycle).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(p) = self.payload.borrow_for_traverse() {
+            visit.call(&p.callback)?;
+            visit.call(&p.args)?;
+            visit.call(&p.context)?;
+            visit.call(&p.source_traceback)?;
+            visit.call(&p.repr_at_cancel)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let dropped = match self.payload.borrow_mut(py) {
+                Ok(mut p) => (p.callback.take(), p.args.take(), p.source_traceback.take()),
+                Err(_) => return,
+            };
+            drop(dropped);
+        });
+    }
+
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         Handle::cancel_inner(slf).map(|_| ())
     }

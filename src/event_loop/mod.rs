@@ -20,6 +20,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyType
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
 use crate::handles::{Handle, Runnable, TimerHandle};
@@ -485,6 +486,43 @@ impl LoopCore {
 
 #[pymethods]
 impl LoopCore {
+    /// Lets the cycle collector see the handles the loop holds (a loop referenced by its
+    /// own pending callbacks is a cycle).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(st) = self.state.borrow_for_traverse() else {
+            return Ok(());
+        };
+        for h in &st.ready {
+            visit.call(h)?;
+        }
+        for e in st.timers.iter() {
+            visit.call(&e.handle)?;
+        }
+        for w in st.fds.values() {
+            visit.call(&w.reader)?;
+            visit.call(&w.writer)?;
+        }
+        visit.call(&st.current_handle)?;
+        visit.call(&st.task_factory)?;
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let dropped = match self.state.borrow_mut(py) {
+                Ok(mut st) => (
+                    std::mem::take(&mut st.ready),
+                    st.timers.take_all(),
+                    std::mem::take(&mut st.fds),
+                    st.current_handle.take(),
+                    st.task_factory.take(),
+                ),
+                Err(_) => return,
+            };
+            drop(dropped);
+        });
+    }
+
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(

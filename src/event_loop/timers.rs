@@ -73,6 +73,10 @@ impl Timers {
         self.heap.pop()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &TimerEntry> {
+        self.heap.iter()
+    }
+
     pub fn take_all(&mut self) -> BinaryHeap<TimerEntry> {
         std::mem::take(&mut self.heap)
     }
