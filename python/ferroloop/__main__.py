@@ -31,9 +31,10 @@ def main(argv: list[str]) -> None:
         sys.path[0] = os.getcwd()
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
     else:
-        script = argv[0]
+        # Since 3.9 `python script.py` gives __main__ an absolute __file__; argv[0] stays as typed.
+        script = os.path.abspath(argv[0])
         sys.argv = argv
-        sys.path[0] = os.path.dirname(os.path.abspath(script))
+        sys.path[0] = os.path.dirname(script)
         runpy.run_path(script, run_name="__main__")
 
 

@@ -398,7 +398,7 @@ impl LoopCore {
         }
         slf.call_method1(
             "_report_callback_exception",
-            (handle.clone_ref(py), err.value(py)),
+            (handle.clone_ref(py), err.into_value(py)),
         )?;
         Ok(())
     }
