@@ -8,9 +8,13 @@ asyncio creates (asyncio.run, asyncio.new_event_loop, get_event_loop) is a ferro
 
 from __future__ import annotations
 
+import builtins
+import importlib.machinery
+import io
 import os
 import runpy
 import sys
+import types
 
 from . import install
 
@@ -31,11 +35,27 @@ def main(argv: list[str]) -> None:
         sys.path[0] = os.getcwd()
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
     else:
-        # Since 3.9 `python script.py` gives __main__ an absolute __file__; argv[0] stays as typed.
-        script = os.path.abspath(argv[0])
         sys.argv = argv
-        sys.path[0] = os.path.dirname(script)
-        runpy.run_path(script, run_name="__main__")
+        run_script(os.path.abspath(argv[0]))
+
+
+def run_script(path: str) -> None:
+    """Run a file as `python path` does: a fresh `__main__` module whose `__file__` is the
+    absolute path (Python 3.9+), with `sys.argv[0]` left as the user typed it (which
+    `runpy.run_path` would overwrite)."""
+    sys.path[0] = os.path.dirname(path)
+    with io.open_code(path) as f:
+        source = f.read()
+    code = compile(source, path, "exec", dont_inherit=True)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(
+        __file__=path,
+        __cached__=None,
+        __loader__=importlib.machinery.SourceFileLoader("__main__", path),
+        __builtins__=builtins,
+    )
+    sys.modules["__main__"] = main
+    exec(code, main.__dict__)
 
 
 if __name__ == "__main__":
