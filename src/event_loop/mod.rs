@@ -23,7 +23,7 @@ use pyo3::types::{PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
-use crate::handles::{Handle, Runnable, TimerHandle};
+use crate::handles::{new_tracked, Handle, Runnable, TimerHandle};
 use fds::{fileobj_to_fd, Direction, Watchers};
 use poller::{Poller, Ready, ERROR_OR_HUP, READABLE, WRITABLE};
 use timers::{TimerEntry, Timers};
@@ -205,7 +205,7 @@ impl LoopCore {
     }
 
     fn schedule_soon(&self, py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
-        let handle = Py::new(py, handle)?;
+        let handle = new_tracked(py, handle)?;
         self.state
             .borrow_mut(py)?
             .ready
@@ -224,7 +224,7 @@ impl LoopCore {
         let base = self.new_handle(py, callback, args, context)?;
         let init = PyClassInitializer::from(base)
             .add_subclass(TimerHandle::new(when, self.timers_cancelled.clone()));
-        let timer = Py::new(py, init)?;
+        let timer = new_tracked(py, init)?;
         timer.get().set_scheduled(true);
         self.state
             .borrow_mut(py)?
@@ -457,7 +457,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_callback(&callback, method, true)?;
         let fd = fileobj_to_fd(fd)?;
-        let handle = Py::new(py, this.new_handle(py, callback, args, None)?)?;
+        let handle = new_tracked(py, this.new_handle(py, callback, args, None)?)?;
         if let Some(old) = this.set_watcher(py, fd, dir, Some(handle))? {
             old.bind(py).call_method0("cancel")?;
         }
