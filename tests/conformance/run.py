@@ -350,10 +350,13 @@ def module_table(records: list[Record]) -> str:
 
 
 def summary_line(records: list[Record]) -> str:
+    """The summary, then the same counts as the plain closing line CI reads
+    (`N passed, N failed, N skipped`)."""
     c = counts(records)
     return (
         f"conformance: {c['pass']} passed / {c['failed']} failed / {c['excluded']} excluded"
-        f" / {len(records)} total ({c['skip']} skipped)"
+        f" / {len(records)} total ({c['skip']} skipped)\n"
+        f"conformance: {c['pass']} passed, {c['failed']} failed, {c['skip']} skipped"
     )
 
 
