@@ -1,4 +1,5 @@
-//! ferroloop's native module, `ferroloop._ferroloop`: registers the classes, nothing else.
+//! ferroloop's native module, `ferroloop._ferroloop`: registers the classes (and the
+//! hand-written fast entry points of `LoopCore`), nothing else.
 
 mod event_loop;
 mod gil_cell;
@@ -9,6 +10,8 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
+    let py = m.py();
+    event_loop::fast_call::install(py, &py.get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     Ok(())

@@ -6,6 +6,7 @@
 //! Python (exception handlers, executors, async generators, run_until_complete).
 
 mod clock;
+pub mod fast_call;
 mod fds;
 mod poller;
 mod timers;
@@ -187,14 +188,10 @@ impl LoopCore {
         &self,
         py: Python<'_>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Option<Bound<'_, PyTuple>>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Handle> {
-        let args = if args.is_empty() {
-            None
-        } else {
-            Some(args.unbind())
-        };
+        let args = args.filter(|a| !a.is_empty()).map(Bound::unbind);
         let context = context_or_copy(py, context)?;
         Ok(Handle::new(
             callback.unbind(),
@@ -202,6 +199,30 @@ impl LoopCore {
             context,
             self.source_traceback(py)?,
         ))
+    }
+
+    /// `call_soon`: checks, makes the handle, queues it. Called by `fast_call`.
+    pub(crate) fn schedule_callback(
+        slf: &Bound<'_, Self>,
+        parsed: fast_call::SoonArgs<'_>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_callback(&parsed.callback, method, check_thread)?;
+        let handle = this.new_handle(py, parsed.callback, parsed.args, parsed.context)?;
+        this.schedule_soon(py, handle)
+    }
+
+    /// `call_soon_threadsafe`: `call_soon` from any thread, waking the loop if it waits.
+    pub(crate) fn schedule_threadsafe(
+        slf: &Bound<'_, Self>,
+        parsed: fast_call::SoonArgs<'_>,
+    ) -> PyResult<Py<Handle>> {
+        let handle = Self::schedule_callback(slf, parsed, "call_soon_threadsafe", false)?;
+        slf.get().poller.wake_if_sleeping();
+        Ok(handle)
     }
 
     fn schedule_soon(&self, py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
@@ -221,7 +242,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let base = self.new_handle(py, callback, args, context)?;
+        let base = self.new_handle(py, callback, Some(args), context)?;
         let init = PyClassInitializer::from(base)
             .add_subclass(TimerHandle::new(when, self.timers_cancelled.clone()));
         let timer = new_tracked(py, init)?;
@@ -457,7 +478,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_callback(&callback, method, true)?;
         let fd = fileobj_to_fd(fd)?;
-        let handle = new_tracked(py, this.new_handle(py, callback, args, None)?)?;
+        let handle = new_tracked(py, this.new_handle(py, callback, Some(args), None)?)?;
         if let Some(old) = this.set_watcher(py, fd, dir, Some(handle))? {
             old.bind(py).call_method0("cancel")?;
         }
@@ -641,37 +662,6 @@ impl LoopCore {
     /// Number of callbacks waiting in the ready queue.
     fn _ready_count(&self, py: Python<'_>) -> PyResult<usize> {
         Ok(self.state.borrow(py)?.ready.len())
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_callback(&callback, "call_soon", true)?;
-        let handle = this.new_handle(py, callback, args, context)?;
-        this.schedule_soon(py, handle)
-    }
-
-    /// `call_soon` from any thread: wakes the loop if it is waiting.
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_callback(&callback, "call_soon_threadsafe", false)?;
-        let handle = this.new_handle(py, callback, args, context)?;
-        let handle = this.schedule_soon(py, handle)?;
-        this.poller.wake_if_sleeping();
-        Ok(handle)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
