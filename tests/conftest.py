@@ -10,6 +10,7 @@ the ``ferroloop_only`` marker, so ``-k ferroloop`` selects them too.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
@@ -102,3 +103,15 @@ def handle_types(loop_kind: str) -> tuple[type, type]:
         return asyncio.Handle, asyncio.TimerHandle
     fl = _require_ferroloop()
     return fl.Handle, fl.TimerHandle
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process, from /proc (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture
+def rss_bytes() -> Callable[[], int]:
+    """A function returning this process's RSS in bytes (for memory-growth tests)."""
+    return _rss_bytes

@@ -78,15 +78,8 @@ def test_unclosed_loop_referenced_by_its_callbacks_is_collected(loop_kind):
     assert ref() is None
 
 
-def _rss_bytes() -> int:
-    import os
-
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.mark.timeout(120)
-def test_soak_callbacks_and_timers_do_not_grow_memory(loop):
+def test_soak_callbacks_and_timers_do_not_grow_memory(loop, rss_bytes):
     """A million callbacks and timers (scheduled, fired, cancelled) leave RSS flat: the
     second half of the run may not grow memory beyond noise."""
     import asyncio
@@ -108,8 +101,8 @@ def test_soak_callbacks_and_timers_do_not_grow_memory(loop):
 
     loop.run_until_complete(run(150))  # warm up: freelists, heap and queue capacities
     gc.collect()
-    before = _rss_bytes()
+    before = rss_bytes()
     loop.run_until_complete(run(350))
     gc.collect()
-    growth = _rss_bytes() - before
+    growth = rss_bytes() - before
     assert growth < 2 * 1024 * 1024, f"RSS grew by {growth / 1e6:.1f} MB"

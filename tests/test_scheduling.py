@@ -656,13 +656,8 @@ def test_non_callable_outside_debug(loop, loop_kind):
 # --- memory bound under heavy cancellation --------------------------------------------
 
 
-def rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.mark.timeout(120)
-def test_cancelled_timers_do_not_accumulate(loop):
+def test_cancelled_timers_do_not_accumulate(loop, rss_bytes):
     """Schedule and cancel 1e6 far timers while running: memory stays bounded."""
 
     async def churn(batches, per_batch=1000):
@@ -682,7 +677,7 @@ def test_cancelled_timers_do_not_accumulate(loop):
 
 
 @pytest.mark.timeout(120)
-def test_cancelled_timers_behind_live_timer_are_dropped(loop):
+def test_cancelled_timers_behind_live_timer_are_dropped(loop, rss_bytes):
     """Cancelled timers queued behind a live, earlier timer are purged too."""
     keep = loop.call_later(600, my_callback)
 
