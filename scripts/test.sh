@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Quick start 2: set everything up, then run the whole test suite:
-# Rust lint, the pytest suite (ferroloop and stock asyncio side by side) and
+# lint (Rust and Python), the pytest suite (ferroloop and stock asyncio side by side) and
 # CPython's own asyncio test suite run against ferroloop (tests/conformance).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-echo "== cargo fmt / clippy"
+echo "== lint: cargo fmt, clippy, ruff"
 cargo fmt --check
 cargo clippy --release --quiet -- -D warnings
+.venv/bin/ruff check python tests bench
 echo "== pytest"
 .venv/bin/python -m pytest -q tests --ignore=tests/conformance
 echo "== CPython asyncio conformance"

@@ -6,7 +6,6 @@ import asyncio
 import contextvars
 import functools
 import gc
-import os
 import random
 import socket
 import sys

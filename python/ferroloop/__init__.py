@@ -12,12 +12,13 @@ Use it like uvloop::
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-from ._loop import Loop
 from ._ferroloop import Handle, TimerHandle
+from ._loop import Loop
 
-__all__ = ["Loop", "Handle", "TimerHandle", "new_event_loop", "EventLoopPolicy", "run", "install"]
+__all__ = ["EventLoopPolicy", "Handle", "Loop", "TimerHandle", "install", "new_event_loop", "run"]
 __version__ = "0.1.0"
 
 _T = TypeVar("_T")

@@ -1,7 +1,8 @@
 """Type stubs for ferroloop's native module."""
 
 import contextvars
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 class Handle:
     def cancel(self) -> None: ...

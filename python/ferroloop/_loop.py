@@ -18,7 +18,8 @@ import traceback
 import warnings
 import weakref
 from asyncio import constants, coroutines, events, format_helpers, futures, tasks
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._ferroloop import LoopCore
 from ._helpers import format_handle
@@ -302,6 +303,7 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
                 f"loop.shutdown_asyncgens() call",
                 ResourceWarning,
                 source=self,
+                stacklevel=1,  # as asyncio: the warning names the hook, the source names us
             )
         self._asyncgens.add(agen)
 
@@ -318,7 +320,7 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
         closing = list(self._asyncgens)
         self._asyncgens.clear()
         results = await tasks.gather(*[agen.aclose() for agen in closing], return_exceptions=True)
-        for result, agen in zip(results, closing):
+        for result, agen in zip(results, closing, strict=True):
             if isinstance(result, Exception):
                 self.call_exception_handler(
                     {
