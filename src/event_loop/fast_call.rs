@@ -1,5 +1,5 @@
-//! Hand-written `METH_FASTCALL | METH_KEYWORDS` entry points for `call_soon` and
-//! `call_soon_threadsafe`.
+//! Hand-written `METH_FASTCALL | METH_KEYWORDS` entry points for `call_soon`,
+//! `call_soon_threadsafe`, `call_later` and `call_at`.
 //!
 //! Why not `#[pymethods]`: these are the hottest calls in any asyncio program (the C `Task`
 //! calls `loop.call_soon(step, context=ctx)` for every step, the C `Future` for every done
@@ -21,8 +21,10 @@ use pyo3::types::{PyString, PyTuple};
 
 use super::LoopCore;
 
-/// The parsed arguments of `call_soon(callback, *args, context=None)`.
-pub struct SoonArgs<'py> {
+/// The parsed arguments of `call_soon(callback, *args, context=None)` and of
+/// `call_later(delay, ...)` / `call_at(when, ...)` (`time` holds delay or when).
+pub struct CallArgs<'py> {
+    pub time: Option<Bound<'py, PyAny>>,
     pub callback: Bound<'py, PyAny>,
     pub args: Option<Bound<'py, PyTuple>>,
     pub context: Option<Bound<'py, PyAny>>,
@@ -30,20 +32,33 @@ pub struct SoonArgs<'py> {
 
 #[derive(Clone, Copy)]
 enum Method {
-    CallSoon,
-    CallSoonThreadsafe,
+    Soon,
+    SoonThreadsafe,
+    Later,
+    At,
 }
 
 impl Method {
     fn name(self) -> &'static str {
         match self {
-            Method::CallSoon => "call_soon",
-            Method::CallSoonThreadsafe => "call_soon_threadsafe",
+            Method::Soon => "call_soon",
+            Method::SoonThreadsafe => "call_soon_threadsafe",
+            Method::Later => "call_later",
+            Method::At => "call_at",
+        }
+    }
+
+    /// The leading time argument (`delay` or `when`), if the method takes one.
+    fn time_arg(self) -> Option<&'static str> {
+        match self {
+            Method::Soon | Method::SoonThreadsafe => None,
+            Method::Later => Some("delay"),
+            Method::At => Some("when"),
         }
     }
 }
 
-/// Reads `(callback, *args, context=None)` from a vectorcall argument array.
+/// Reads `([time,] callback, *args, context=None)` from a vectorcall argument array.
 ///
 /// # Safety
 /// `args` must point to `nargs` positional arguments followed by one value per name in
@@ -55,20 +70,29 @@ unsafe fn parse<'py>(
     args: *const *mut ffi::PyObject,
     nargs: usize,
     kwnames: *mut ffi::PyObject,
-) -> PyResult<SoonArgs<'py>> {
+) -> PyResult<CallArgs<'py>> {
     let name = method.name();
-    if nargs == 0 {
+    let lead = usize::from(method.time_arg().is_some());
+    if nargs <= lead {
+        let missing: Vec<&str> = method.time_arg().into_iter().chain(["callback"]).collect();
+        let missing = &missing[nargs..];
+        let quoted: Vec<String> = missing.iter().map(|m| format!("'{m}'")).collect();
         return Err(PyTypeError::new_err(format!(
-            "{name}() missing 1 required positional argument: 'callback'"
+            "{name}() missing {} required positional argument{}: {}",
+            missing.len(),
+            if missing.len() > 1 { "s" } else { "" },
+            quoted.join(" and ")
         )));
     }
     // SAFETY: the caller guarantees `args[0..nargs]` are valid borrowed references.
     let positional = unsafe { std::slice::from_raw_parts(args, nargs) };
+    // SAFETY: valid borrowed references (see above).
+    let time = (lead == 1).then(|| unsafe { Bound::from_borrowed_ptr(py, positional[0]) });
     // SAFETY: a valid borrowed reference (see above).
-    let callback = unsafe { Bound::from_borrowed_ptr(py, positional[0]) };
-    let extra = if nargs > 1 {
+    let callback = unsafe { Bound::from_borrowed_ptr(py, positional[lead]) };
+    let extra = if nargs > lead + 1 {
         // SAFETY: each pointer is a valid borrowed reference; `new` takes its own references.
-        let items = positional[1..]
+        let items = positional[lead + 1..]
             .iter()
             .map(|&p| unsafe { Bound::from_borrowed_ptr(py, p) });
         Some(PyTuple::new(py, items)?)
@@ -91,7 +115,8 @@ unsafe fn parse<'py>(
             context = Some(unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs + i)) });
         }
     }
-    Ok(SoonArgs {
+    Ok(CallArgs {
+        time,
         callback,
         args: extra,
         context,
@@ -132,11 +157,12 @@ unsafe fn entry(
         let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
         // SAFETY: forwarded from CPython's calling convention (see `parse`).
         let parsed = unsafe { parse(py, method, args, nargs, kwnames) }?;
-        let handle = match method {
-            Method::CallSoon => LoopCore::schedule_callback(slf, parsed, "call_soon", true)?,
-            Method::CallSoonThreadsafe => LoopCore::schedule_threadsafe(slf, parsed)?,
-        };
-        Ok(handle.into_any())
+        Ok(match method {
+            Method::Soon => LoopCore::schedule_callback(slf, parsed, "call_soon", true)?.into_any(),
+            Method::SoonThreadsafe => LoopCore::schedule_threadsafe(slf, parsed)?.into_any(),
+            Method::Later => LoopCore::schedule_timer(slf, parsed, true)?.into_any(),
+            Method::At => LoopCore::schedule_timer(slf, parsed, false)?.into_any(),
+        })
     }));
     let err = match outcome {
         Ok(Ok(obj)) => return obj.into_ptr(),
@@ -154,7 +180,7 @@ unsafe extern "C" fn call_soon(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with the METH_FASTCALL | METH_KEYWORDS convention.
-    unsafe { entry(Method::CallSoon, slf, args, nargsf, kwnames) }
+    unsafe { entry(Method::Soon, slf, args, nargsf, kwnames) }
 }
 
 unsafe extern "C" fn call_soon_threadsafe(
@@ -164,23 +190,47 @@ unsafe extern "C" fn call_soon_threadsafe(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: called by CPython with the METH_FASTCALL | METH_KEYWORDS convention.
-    unsafe { entry(Method::CallSoonThreadsafe, slf, args, nargsf, kwnames) }
+    unsafe { entry(Method::SoonThreadsafe, slf, args, nargsf, kwnames) }
+}
+
+unsafe extern "C" fn call_later(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython with the METH_FASTCALL | METH_KEYWORDS convention.
+    unsafe { entry(Method::Later, slf, args, nargsf, kwnames) }
+}
+
+unsafe extern "C" fn call_at(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython with the METH_FASTCALL | METH_KEYWORDS convention.
+    unsafe { entry(Method::At, slf, args, nargsf, kwnames) }
 }
 
 const CALL_SOON_DOC: &CStr = c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon, in FIFO order, inside `context` (a copy of the current context by default). Returns a Handle.";
 const CALL_SOON_THREADSAFE_DOC: &CStr = c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon(), from any thread: wakes the loop if it is waiting. Returns a Handle.";
+const CALL_LATER_DOC: &CStr = c"call_later(delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after `delay` seconds. Returns a TimerHandle.";
+const CALL_AT_DOC: &CStr = c"call_at(when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time `when`. Returns a TimerHandle.";
 
-/// Installs both entry points as methods of `LoopCore` (replacing nothing: the class does
+/// Installs the entry points as methods of `LoopCore` (replacing nothing: the class does
 /// not define them through `#[pymethods]`).
 pub fn install(py: Python<'_>, class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
     type Entry = ffi::PyCFunctionFastWithKeywords;
-    let methods: [(&CStr, Entry, &CStr); 2] = [
+    let methods: [(&CStr, Entry, &CStr); 4] = [
         (c"call_soon", call_soon, CALL_SOON_DOC),
         (
             c"call_soon_threadsafe",
             call_soon_threadsafe,
             CALL_SOON_THREADSAFE_DOC,
         ),
+        (c"call_later", call_later, CALL_LATER_DOC),
+        (c"call_at", call_at, CALL_AT_DOC),
     ];
     for (name, func, doc) in methods {
         // Leaked on purpose: CPython keeps a pointer to the definition for the lifetime of

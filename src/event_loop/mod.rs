@@ -221,7 +221,7 @@ impl LoopCore {
     /// `call_soon`: checks, makes the handle, queues it. Called by `fast_call`.
     pub(crate) fn schedule_callback(
         slf: &Bound<'_, Self>,
-        parsed: fast_call::SoonArgs<'_>,
+        parsed: fast_call::CallArgs<'_>,
         method: &str,
         check_thread: bool,
     ) -> PyResult<Py<Handle>> {
@@ -232,10 +232,35 @@ impl LoopCore {
         this.schedule_soon(py, handle)
     }
 
+    /// `call_later` (`relative`: the time is a delay) and `call_at`. Called by `fast_call`.
+    pub(crate) fn schedule_timer(
+        slf: &Bound<'_, Self>,
+        parsed: fast_call::CallArgs<'_>,
+        relative: bool,
+    ) -> PyResult<Py<TimerHandle>> {
+        let (method, none_error) = if relative {
+            ("call_later", "delay must not be None")
+        } else {
+            ("call_at", "when cannot be None")
+        };
+        let time = match parsed.time {
+            Some(t) if !t.is_none() => t.extract::<f64>()?,
+            _ => return Err(PyTypeError::new_err(none_error)),
+        };
+        let this = slf.get();
+        this.check_callback(&parsed.callback, method, true)?;
+        let when = if relative {
+            clock::monotonic() + time
+        } else {
+            time
+        };
+        this.schedule_at(slf.py(), when, parsed.callback, parsed.args, parsed.context)
+    }
+
     /// `call_soon_threadsafe`: `call_soon` from any thread, waking the loop if it waits.
     pub(crate) fn schedule_threadsafe(
         slf: &Bound<'_, Self>,
-        parsed: fast_call::SoonArgs<'_>,
+        parsed: fast_call::CallArgs<'_>,
     ) -> PyResult<Py<Handle>> {
         let handle = Self::schedule_callback(slf, parsed, "call_soon_threadsafe", false)?;
         slf.get().poller.wake_if_sleeping();
@@ -256,10 +281,10 @@ impl LoopCore {
         py: Python<'_>,
         when: f64,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Option<Bound<'_, PyTuple>>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let base = self.new_handle(py, callback, Some(args), context)?;
+        let base = self.new_handle(py, callback, args, context)?;
         let init = PyClassInitializer::from(base)
             .add_subclass(TimerHandle::new(when, self.timers_cancelled.clone()));
         let timer = new_tracked(py, init)?;
@@ -680,46 +705,6 @@ impl LoopCore {
     /// Number of callbacks waiting in the ready queue.
     fn _ready_count(&self, py: Python<'_>) -> PyResult<usize> {
         Ok(self.state.borrow(py)?.ready.len())
-    }
-
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(
-        slf: &Bound<'_, Self>,
-        delay: Bound<'_, PyAny>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        if delay.is_none() {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        }
-        let delay: f64 = delay.extract()?;
-        let this = slf.get();
-        this.check_callback(&callback, "call_later", true)?;
-        this.schedule_at(
-            slf.py(),
-            clock::monotonic() + delay,
-            callback,
-            args,
-            context,
-        )
-    }
-
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(
-        slf: &Bound<'_, Self>,
-        when: Bound<'_, PyAny>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        if when.is_none() {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        }
-        let when: f64 = when.extract()?;
-        let this = slf.get();
-        this.check_callback(&callback, "call_at", true)?;
-        this.schedule_at(slf.py(), when, callback, args, context)
     }
 
     /// An `asyncio.Future` bound to this loop.
