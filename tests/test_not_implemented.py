@@ -39,12 +39,6 @@ def missing_calls(loop, sock, rfile, wfile):
         "create_unix_server": lambda: loop.create_unix_server(
             protocol_factory, "/nonexistent.sock"
         ),
-        "sock_recv": lambda: loop.sock_recv(sock, 10),
-        "sock_sendall": lambda: loop.sock_sendall(sock, b"x"),
-        "sock_connect": lambda: loop.sock_connect(sock, ("127.0.0.1", 9)),
-        "sock_accept": lambda: loop.sock_accept(sock),
-        "getaddrinfo": lambda: loop.getaddrinfo("localhost", 80),
-        "getnameinfo": lambda: loop.getnameinfo(("127.0.0.1", 80)),
         "connect_read_pipe": lambda: loop.connect_read_pipe(protocol_factory, rfile),
         "connect_write_pipe": lambda: loop.connect_write_pipe(protocol_factory, wfile),
         "subprocess_exec": lambda: loop.subprocess_exec(

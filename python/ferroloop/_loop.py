@@ -23,6 +23,7 @@ from typing import Any
 
 from ._ferroloop import LoopCore
 from ._helpers import format_handle
+from ._sock import SocketMixin
 
 logger = logging.getLogger("asyncio")
 
@@ -39,7 +40,7 @@ def _stop_when_done(fut: asyncio.Future[Any]) -> None:
     futures._get_loop(fut).stop()
 
 
-class Loop(LoopCore, asyncio.AbstractEventLoop):
+class Loop(LoopCore, SocketMixin, asyncio.AbstractEventLoop):
     """A drop-in replacement for asyncio's event loop, with a native core."""
 
     def __init__(self) -> None:
@@ -345,9 +346,7 @@ def _not_yet(name: str, issue: str) -> Callable[..., Any]:
 
 _NETWORKING = (
     "create_connection create_server create_unix_connection create_unix_server "
-    "create_datagram_endpoint connect_accepted_socket start_tls sendfile sock_recv "
-    "sock_recv_into sock_recvfrom sock_recvfrom_into sock_sendall sock_sendto sock_connect "
-    "sock_accept sock_sendfile getaddrinfo getnameinfo"
+    "create_datagram_endpoint connect_accepted_socket start_tls sendfile sock_sendfile"
 ).split()
 _PROCESSES = (
     "subprocess_exec subprocess_shell connect_read_pipe connect_write_pipe "

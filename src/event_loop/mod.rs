@@ -515,16 +515,16 @@ impl LoopCore {
         method: &str,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_callback(&callback, method, true)?;
         let fd = fileobj_to_fd(fd)?;
         let handle = new_tracked(py, this.new_handle(py, callback, Some(args), None)?)?;
-        if let Some(old) = this.set_watcher(py, fd, dir, Some(handle))? {
+        if let Some(old) = this.set_watcher(py, fd, dir, Some(handle.clone_ref(py)))? {
             old.bind(py).call_method0("cancel")?;
         }
-        Ok(())
+        Ok(handle)
     }
 
     fn remove_watcher(
@@ -795,7 +795,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        Self::add_watcher(slf, &fd, Direction::Read, "add_reader", callback, args)
+        Self::add_watcher(slf, &fd, Direction::Read, "add_reader", callback, args).map(drop)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -805,6 +805,28 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
+        Self::add_watcher(slf, &fd, Direction::Write, "add_writer", callback, args).map(drop)
+    }
+
+    /// `add_reader` returning the watcher's handle (asyncio's `_add_reader`).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_watcher(slf, &fd, Direction::Read, "add_reader", callback, args)
+    }
+
+    /// `add_writer` returning the watcher's handle (asyncio's `_add_writer`).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         Self::add_watcher(slf, &fd, Direction::Write, "add_writer", callback, args)
     }
 
