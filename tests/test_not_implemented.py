@@ -26,19 +26,6 @@ def protocol_factory():
 def missing_calls(loop, sock, rfile, wfile):
     """method name -> a call with plausible arguments."""
     return {
-        "create_connection": lambda: loop.create_connection(
-            protocol_factory, "127.0.0.1", 9
-        ),
-        "create_server": lambda: loop.create_server(protocol_factory, "127.0.0.1", 0),
-        "create_datagram_endpoint": lambda: loop.create_datagram_endpoint(
-            protocol_factory, local_addr=("127.0.0.1", 0)
-        ),
-        "create_unix_connection": lambda: loop.create_unix_connection(
-            protocol_factory, "/nonexistent.sock"
-        ),
-        "create_unix_server": lambda: loop.create_unix_server(
-            protocol_factory, "/nonexistent.sock"
-        ),
         "connect_read_pipe": lambda: loop.connect_read_pipe(protocol_factory, rfile),
         "connect_write_pipe": lambda: loop.connect_write_pipe(protocol_factory, wfile),
         "subprocess_exec": lambda: loop.subprocess_exec(
@@ -49,12 +36,6 @@ def missing_calls(loop, sock, rfile, wfile):
         ),
         "add_signal_handler": lambda: loop.add_signal_handler(10, print),
         "remove_signal_handler": lambda: loop.remove_signal_handler(10),
-        "sendfile": lambda: loop.sendfile(None, rfile),
-        "start_tls": lambda: loop.start_tls(None, None, None),
-        "sock_sendfile": lambda: loop.sock_sendfile(sock, rfile),
-        "connect_accepted_socket": lambda: loop.connect_accepted_socket(
-            protocol_factory, sock
-        ),
     }
 
 

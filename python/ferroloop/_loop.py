@@ -23,6 +23,7 @@ from typing import Any
 
 from ._ferroloop import LoopCore
 from ._helpers import format_handle
+from ._net import NetworkingMixin
 from ._sock import SocketMixin
 
 logger = logging.getLogger("asyncio")
@@ -40,7 +41,7 @@ def _stop_when_done(fut: asyncio.Future[Any]) -> None:
     futures._get_loop(fut).stop()
 
 
-class Loop(LoopCore, SocketMixin, asyncio.AbstractEventLoop):
+class Loop(SocketMixin, NetworkingMixin, LoopCore, asyncio.AbstractEventLoop):
     """A drop-in replacement for asyncio's event loop, with a native core."""
 
     def __init__(self) -> None:
@@ -51,6 +52,7 @@ class Loop(LoopCore, SocketMixin, asyncio.AbstractEventLoop):
         self._asyncgens_shutdown_called = False
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth: int | None = None
+        self._init_networking()
         self.set_debug(coroutines._is_debug_mode())
         if sys.version_info < (3, 12) and type(self).call_soon is LoopCore.call_soon:
             # CPython 3.11's C Task and Future look `loop.call_soon` up as an attribute for
@@ -344,17 +346,11 @@ def _not_yet(name: str, issue: str) -> Callable[..., Any]:
     return method
 
 
-_NETWORKING = (
-    "create_connection create_server create_unix_connection create_unix_server "
-    "create_datagram_endpoint connect_accepted_socket start_tls sendfile sock_sendfile"
-).split()
 _PROCESSES = (
     "subprocess_exec subprocess_shell connect_read_pipe connect_write_pipe "
     "add_signal_handler remove_signal_handler"
 ).split()
 
-for _name in _NETWORKING:
-    setattr(Loop, _name, _not_yet(_name, "networking"))
 for _name in _PROCESSES:
     setattr(Loop, _name, _not_yet(_name, "subprocesses, pipes and signals"))
 del _name

@@ -63,6 +63,7 @@ class SocketMixin:
     # Provided by LoopCore / Loop.
     _add_reader: Any
     _add_writer: Any
+    _ensure_fd_no_transport: Any
     remove_reader: Any
     remove_writer: Any
     create_future: Any
@@ -92,11 +93,13 @@ class SocketMixin:
 
     def _wait_readable(self, fut: Any, sock: socket.socket, callback: Any, *args: Any) -> None:
         fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
         handle = self._add_reader(fd, callback, fut, sock, *args)
         fut.add_done_callback(functools.partial(self._stop_reading, fd, handle))
 
     def _wait_writable(self, fut: Any, sock: socket.socket, callback: Any, *args: Any) -> None:
         fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
         handle = self._add_writer(fd, callback, fut, sock, *args)
         fut.add_done_callback(functools.partial(self._stop_writing, fd, handle))
 

@@ -838,6 +838,25 @@ impl LoopCore {
         Self::remove_watcher(slf, &fd, Direction::Write)
     }
 
+    /// `remove_reader` without the Python layer's transport check (asyncio's `_remove_reader`).
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watcher(slf, &fd, Direction::Read)
+    }
+
+    /// `remove_writer` without the Python layer's transport check (asyncio's `_remove_writer`).
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watcher(slf, &fd, Direction::Write)
+    }
+
+    /// The events watched for `fd` as selectors' EVENT_READ (1) | EVENT_WRITE (2), or None.
+    fn _fd_events(&self, py: Python<'_>, fd: RawFd) -> PyResult<Option<u32>> {
+        let st = self.state.borrow(py)?;
+        Ok(st
+            .fds
+            .get(&fd)
+            .map(|w| u32::from(w.reader.is_some()) | (u32::from(w.writer.is_some()) << 1)))
+    }
+
     /// One iteration of the loop: wait for I/O or the next timer, then run what is ready.
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();

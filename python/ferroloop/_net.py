@@ -1,0 +1,143 @@
+"""Interim networking for `ferroloop.Loop`: asyncio's own orchestration and Python transports,
+running on ferroloop's native loop.
+
+`create_connection`, `create_server`, `create_unix_*`, `create_datagram_endpoint`,
+`connect_accepted_socket`, `start_tls`, `sendfile` and `sock_sendfile` are CPython's own
+implementations (from `base_events`, `selector_events` and `unix_events` of the running
+interpreter), bound to our loop; the transports they create are asyncio's
+`_SelectorSocketTransport` / `_SelectorDatagramTransport`, whose readiness callbacks are driven
+by our native fd watchers. So the semantics are exactly asyncio's (happy eyeballs, SSL through
+`sslproto`, servers, flow control, half-close), and what this module adds is the small
+surface those classes expect from a selector loop.
+
+This is a baseline, not the destination: GUIDE §2 wants native transports (read and write
+paths in Rust), which the networking milestone will put behind `_make_socket_transport`
+and `_make_datagram_transport` without changing anything above them. The borrowed names are
+CPython 3.11's; `tests/conformance` runs CPython's networking tests against this layer.
+"""
+
+from __future__ import annotations
+
+import selectors
+import weakref
+from asyncio import base_events, selector_events, unix_events
+from typing import Any, NamedTuple
+
+# Names taken, in this order (later sources override earlier ones), from asyncio's loops.
+_BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
+    (
+        base_events.BaseEventLoop,
+        (
+            "_ensure_resolved",
+            "create_connection",
+            "_connect_sock",
+            "_create_connection_transport",
+            "create_server",
+            "_create_server_getaddrinfo",
+            "connect_accepted_socket",
+            "create_datagram_endpoint",
+            "start_tls",
+            "sendfile",
+            "_sendfile_native",
+            "_sendfile_fallback",
+            "sock_sendfile",
+            "_sock_sendfile_native",
+            "_sock_sendfile_fallback",
+            "_check_sendfile_params",
+        ),
+    ),
+    (
+        selector_events.BaseSelectorEventLoop,
+        (
+            "_make_socket_transport",
+            "_make_ssl_transport",
+            "_make_datagram_transport",
+            "_start_serving",
+            "_accept_connection",
+            "_accept_connection2",
+            "_stop_serving",
+            "_ensure_fd_no_transport",
+            "_sendfile_native",
+        ),
+    ),
+    (
+        unix_events._UnixSelectorEventLoop,
+        (
+            "create_unix_connection",
+            "create_unix_server",
+            "_sock_sendfile_native",
+            "_sock_sendfile_native_impl",
+            "_sock_sendfile_update_filepos",
+            "_sock_add_cancellation_callback",
+        ),
+    ),
+)
+
+BORROWED_NAMES = frozenset(name for _, names in _BORROWED for name in names)
+
+
+class _Key(NamedTuple):
+    fd: int
+    events: int
+
+
+class _SelectorView:
+    """What asyncio's transports read from `loop._selector` (their reprs ask whether the fd
+    is being polled): a read-only view of the native fd watchers."""
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = weakref.ref(loop)
+
+    def get_key(self, fileobj: Any) -> _Key:
+        fd = selectors._fileobj_to_fd(fileobj)
+        loop = self._loop()
+        events = None if loop is None or loop.is_closed() else loop._fd_events(fd)
+        if not events:
+            raise KeyError(fd)
+        return _Key(fd, events)
+
+
+class NetworkingMixin:
+    """asyncio's networking methods, plus what its selector transports expect of a loop."""
+
+    _fd_events: Any
+    get_debug: Any
+    _add_reader: Any
+    _add_writer: Any
+    _remove_reader: Any
+    _remove_writer: Any
+    _ensure_fd_no_transport: Any
+
+    def _init_networking(self) -> None:
+        # fd -> transport, as in BaseSelectorEventLoop (weak: a lost transport is forgotten).
+        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._selector = _SelectorView(self)
+
+    @property
+    def _debug(self) -> bool:
+        return bool(self.get_debug())
+
+    # Public watchers refuse an fd owned by a live transport, as asyncio's selector loop.
+    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)
+
+    def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        self._ensure_fd_no_transport(fd)
+        return bool(self._remove_reader(fd))
+
+    def remove_writer(self, fd: Any) -> bool:
+        self._ensure_fd_no_transport(fd)
+        return bool(self._remove_writer(fd))
+
+
+for _source, _names in _BORROWED:
+    for _name in _names:
+        setattr(NetworkingMixin, _name, _source.__dict__[_name])
+del _source, _names, _name
+
+assert selectors.EVENT_READ == 1 and selectors.EVENT_WRITE == 2  # _fd_events encoding
