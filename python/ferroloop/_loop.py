@@ -135,6 +135,7 @@ class Loop(SocketMixin, NetworkingMixin, LoopCore, asyncio.AbstractEventLoop):
             return
         if self.get_debug():
             logger.debug("Close %r", self)
+        self._close_networking()
         self._close_native()
         executor = self._default_executor
         if executor is not None:
@@ -333,24 +334,3 @@ class Loop(SocketMixin, NetworkingMixin, LoopCore, asyncio.AbstractEventLoop):
                         "asyncgen": agen,
                     }
                 )
-
-
-def _not_yet(name: str, issue: str) -> Callable[..., Any]:
-    def method(self: Loop, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(
-            f"ferroloop: loop.{name}() is not implemented yet ({issue} is a later milestone)"
-        )
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = f"Not implemented yet in ferroloop: {issue}."
-    return method
-
-
-_PROCESSES = (
-    "subprocess_exec subprocess_shell connect_read_pipe connect_write_pipe "
-    "add_signal_handler remove_signal_handler"
-).split()
-
-for _name in _PROCESSES:
-    setattr(Loop, _name, _not_yet(_name, "subprocesses, pipes and signals"))
-del _name

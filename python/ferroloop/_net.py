@@ -1,5 +1,5 @@
-"""Interim networking for `ferroloop.Loop`: asyncio's own orchestration and Python transports,
-running on ferroloop's native loop.
+"""Interim networking, pipes, subprocesses and signals for `ferroloop.Loop`: asyncio's own
+orchestration and Python transports, running on ferroloop's native loop.
 
 `create_connection`, `create_server`, `create_unix_*`, `create_datagram_endpoint`,
 `connect_accepted_socket`, `start_tls`, `sendfile` and `sock_sendfile` are CPython's own
@@ -19,6 +19,8 @@ CPython 3.11's; `tests/conformance` runs CPython's networking tests against this
 from __future__ import annotations
 
 import selectors
+import sys
+import warnings
 import weakref
 from asyncio import base_events, selector_events, unix_events
 from typing import Any, NamedTuple
@@ -28,6 +30,11 @@ _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
     (
         base_events.BaseEventLoop,
         (
+            "subprocess_exec",
+            "subprocess_shell",
+            "_log_subprocess",
+            "connect_read_pipe",
+            "connect_write_pipe",
             "_ensure_resolved",
             "create_connection",
             "_connect_sock",
@@ -58,6 +65,10 @@ _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
             "_stop_serving",
             "_ensure_fd_no_transport",
             "_sendfile_native",
+            "_make_self_pipe",
+            "_read_from_self",
+            "_write_to_self",
+            "_close_self_pipe",
         ),
     ),
     (
@@ -69,9 +80,19 @@ _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
             "_sock_sendfile_native_impl",
             "_sock_sendfile_update_filepos",
             "_sock_add_cancellation_callback",
+            "remove_signal_handler",
+            "_handle_signal",
+            "_check_signal",
+            "_process_self_data",
+            "_make_read_pipe_transport",
+            "_make_write_pipe_transport",
+            "_make_subprocess_transport",
+            "_child_watcher_callback",
         ),
     ),
 )
+
+_unix_add_signal_handler = unix_events._UnixSelectorEventLoop.add_signal_handler
 
 BORROWED_NAMES = frozenset(name for _, names in _BORROWED for name in names)
 
@@ -107,11 +128,58 @@ class NetworkingMixin:
     _remove_reader: Any
     _remove_writer: Any
     _ensure_fd_no_transport: Any
+    _make_self_pipe: Any
+    _close_self_pipe: Any
+    _write_to_self: Any
+    remove_signal_handler: Any
+    is_closed: Any
+    call_soon: Any
 
     def _init_networking(self) -> None:
         # fd -> transport, as in BaseSelectorEventLoop (weak: a lost transport is forgotten).
         self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._selector = _SelectorView(self)
+        # Signals: handlers by signal number, and the self-pipe `signal.set_wakeup_fd` writes
+        # to. The pipe is made on the first add_signal_handler(), not here: a registered fd
+        # would make every busy iteration pay an epoll_wait(0).
+        self._signal_handlers: dict[int, Any] = {}
+        self._ssock: Any = None
+        self._csock: Any = None
+        self._internal_fds = 0
+
+    def _close_networking(self) -> None:
+        """Part of close(): restore signal dispositions, close the self-pipe."""
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(
+                f"Closing the loop {self!r} on interpreter shutdown stage, skipping signal "
+                "handlers removal",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+            self._signal_handlers.clear()
+        if self._ssock is not None:
+            self._close_self_pipe()
+        self._selector = None  # as asyncio: transports' reprs then say "open"/"closed"
+
+    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:
+        """asyncio's Unix add_signal_handler (main thread only; the handler runs as an
+        ordinary callback in the loop)."""
+        if self._ssock is None and not self.is_closed():
+            self._make_self_pipe()
+        _unix_add_signal_handler(self, sig, callback, *args)
+
+    def _add_callback(self, handle: Any) -> None:
+        """Schedule an `asyncio.Handle` (made by asyncio's own code, e.g. for a signal)."""
+        if not handle._cancelled:
+            self.call_soon(handle._run)
+
+    def _add_callback_signalsafe(self, handle: Any) -> None:
+        self._add_callback(handle)
+        self._write_to_self()
 
     @property
     def _debug(self) -> bool:
