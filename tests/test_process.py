@@ -223,3 +223,47 @@ def test_signal_storm_during_io(loop):
     intact, seen = loop.run_until_complete(main())
     assert intact
     assert seen > 0
+
+
+@pytest.mark.ferroloop_only
+def test_fork_child_cannot_use_inherited_loop_and_parent_keeps_watchers(ferroloop):
+    """The child shares the parent's epoll instance: using the inherited loop there raises a
+    clear RuntimeError, closing it does not deregister the parent's fds, and a new loop in
+    the child works."""
+    import socket
+    import warnings
+
+    loop = ferroloop.new_event_loop()
+    a, b = socket.socketpair()
+    hits: list[bytes] = []
+    loop.add_reader(a, lambda: hits.append(a.recv(100)))
+    pid = os.fork()
+    if pid == 0:  # child: report through the exit code only
+        code = 0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    loop.run_until_complete(asyncio.sleep(0))
+                    code = 10
+                except RuntimeError as exc:
+                    code = 0 if "os.fork()" in str(exc) else 11
+                loop.remove_reader(a)
+                loop.close()
+            fresh = ferroloop.new_event_loop()
+            if fresh.run_until_complete(asyncio.sleep(0, "ok")) != "ok":
+                code = 12
+            fresh.close()
+        except BaseException:
+            code = 13
+        os._exit(code)
+    try:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        b.send(b"still watched")
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert hits == [b"still watched"]
+    finally:
+        loop.close()
+        a.close()
+        b.close()

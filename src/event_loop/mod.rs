@@ -8,6 +8,7 @@
 mod clock;
 pub mod fast_call;
 mod fds;
+mod fork;
 mod poller;
 mod timers;
 
@@ -69,6 +70,9 @@ pub struct LoopCore {
     slow_callback_duration: AtomicU64,
     /// Cancelled timers still in the heap; shared with every TimerHandle of this loop.
     timers_cancelled: Arc<AtomicUsize>,
+    /// `fork::generation()` when the loop was made: a different value means this is a
+    /// forked child, where the inherited epoll instance is the parent's.
+    fork_generation: u64,
 }
 
 fn closed_error() -> PyErr {
@@ -130,6 +134,21 @@ impl LoopCore {
         } else {
             Ok(())
         }
+    }
+
+    /// True in a child process forked after this loop was made.
+    fn crossed_fork(&self) -> bool {
+        fork::generation() != self.fork_generation
+    }
+
+    fn check_not_forked(&self) -> PyResult<()> {
+        if self.crossed_fork() {
+            return Err(PyRuntimeError::new_err(
+                "this event loop was created before os.fork() and cannot be used in the child \
+                 process: close it and create a new loop there",
+            ));
+        }
+        Ok(())
     }
 
     fn is_debug(&self) -> bool {
@@ -479,6 +498,18 @@ impl LoopCore {
         dir: Direction,
         new: Option<Py<Handle>>,
     ) -> PyResult<Option<Py<Handle>>> {
+        if self.crossed_fork() {
+            if new.is_some() {
+                self.check_not_forked()?;
+            }
+            // Forget the watcher without touching the parent's epoll registrations.
+            let mut st = self.state.borrow_mut(py)?;
+            let old = st.fds.get_mut(&fd).and_then(|w| w.slot(dir).take());
+            if st.fds.get(&fd).is_some_and(|w| w.interest() == 0) {
+                st.fds.remove(&fd);
+            }
+            return Ok(old);
+        }
         let mut st = self.state.borrow_mut(py)?;
         let known = st.fds.contains_key(&fd);
         let watchers = st.fds.entry(fd).or_default();
@@ -624,6 +655,7 @@ impl LoopCore {
             thread_id: AtomicU64::new(0),
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
+            fork_generation: fork::generation(),
         })
     }
 
@@ -886,6 +918,7 @@ impl LoopCore {
     /// per-run setup (running loop, async generator hooks).
     fn _run_forever_native(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
+        this.check_not_forked()?;
         let result = loop {
             if let Err(e) = Self::_run_once(slf) {
                 break Err(e);
