@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import socket
 from asyncio import base_events
+from collections.abc import Coroutine
 from typing import Any
 
 _BLOCKING = (BlockingIOError, InterruptedError)
@@ -131,49 +132,33 @@ class SocketMixin:
 
     # ----------------------------------------------------------------- reads
 
-    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
+    async def _sock_read(self, sock: socket.socket, op: str, *args: Any) -> Any:
+        """The shared body of the one-shot reads: try now, else wait for readability."""
         _check_socket(self, sock)
         try:
-            return sock.recv(n)
+            return getattr(sock, op)(*args)
         except _BLOCKING:
             pass
         fut = self.create_future()
-        self._wait_readable(fut, sock, self._sock_op_ready, "recv", n)
+        self._wait_readable(fut, sock, self._sock_op_ready, op, *args)
         return await fut
 
-    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
-        _check_socket(self, sock)
-        try:
-            return sock.recv_into(buf)
-        except _BLOCKING:
-            pass
-        fut = self.create_future()
-        self._wait_readable(fut, sock, self._sock_op_ready, "recv_into", buf)
-        return await fut
+    # Plain methods returning the coroutine (no extra coroutine frame per call).
+    def sock_recv(self, sock: socket.socket, n: int) -> Coroutine[Any, Any, bytes]:
+        return self._sock_read(sock, "recv", n)
 
-    async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
-        _check_socket(self, sock)
-        try:
-            return sock.recvfrom(bufsize)
-        except _BLOCKING:
-            pass
-        fut = self.create_future()
-        self._wait_readable(fut, sock, self._sock_op_ready, "recvfrom", bufsize)
-        return await fut
+    def sock_recv_into(self, sock: socket.socket, buf: Any) -> Coroutine[Any, Any, int]:
+        return self._sock_read(sock, "recv_into", buf)
 
-    async def sock_recvfrom_into(
+    def sock_recvfrom(
+        self, sock: socket.socket, bufsize: int
+    ) -> Coroutine[Any, Any, tuple[bytes, Any]]:
+        return self._sock_read(sock, "recvfrom", bufsize)
+
+    def sock_recvfrom_into(
         self, sock: socket.socket, buf: Any, nbytes: int = 0
-    ) -> tuple[int, Any]:
-        _check_socket(self, sock)
-        if not nbytes:
-            nbytes = len(buf)
-        try:
-            return sock.recvfrom_into(buf, nbytes)
-        except _BLOCKING:
-            pass
-        fut = self.create_future()
-        self._wait_readable(fut, sock, self._sock_op_ready, "recvfrom_into", buf, nbytes)
-        return await fut
+    ) -> Coroutine[Any, Any, tuple[int, Any]]:
+        return self._sock_read(sock, "recvfrom_into", buf, nbytes or len(buf))
 
     def _sock_op_ready(self, fut: Any, sock: socket.socket, op: str, *args: Any) -> None:
         """Watcher callback of the one-shot operations (recv*, sendto)."""
