@@ -62,6 +62,7 @@ class SocketMixin:
     """`sock_*`, `getaddrinfo` and `getnameinfo`; mixed into `ferroloop.Loop`."""
 
     # Provided by LoopCore / Loop.
+    _sock_recv_bytes: Any
     _add_reader: Any
     _add_writer: Any
     _ensure_fd_no_transport: Any
@@ -113,13 +114,19 @@ class SocketMixin:
         if not handle.cancelled():
             self.remove_writer(fd)
 
-    @staticmethod
-    def _finish(fut: Any, sock: socket.socket, op: str, *args: Any) -> bool:
+    def _sock_call(self, sock: socket.socket, op: str, *args: Any) -> Any:
+        """`sock.<op>(*args)`. A plain socket's recv() goes through the loop's reused buffer
+        (`_sock_recv_bytes`); anything else is looked up at each call, as asyncio does (a
+        socket wrapper or a mock may change its methods while a call waits)."""
+        if op == "recv" and type(sock) is socket.socket:
+            return self._sock_recv_bytes(sock, *args)
+        return getattr(sock, op)(*args)
+
+    def _finish(self, fut: Any, sock: socket.socket, op: str, *args: Any) -> bool:
         """Run a non-blocking socket call for a waiting future. False: it would block, try
-        again on the next readiness event. The method is looked up at each try, as asyncio
-        does (a socket wrapper may change it while the call waits)."""
+        again on the next readiness event."""
         try:
-            result = getattr(sock, op)(*args)
+            result = self._sock_call(sock, op, *args)
         except _BLOCKING:
             return False
         except (SystemExit, KeyboardInterrupt):
@@ -136,7 +143,7 @@ class SocketMixin:
         """The shared body of the one-shot reads: try now, else wait for readability."""
         _check_socket(self, sock)
         try:
-            return getattr(sock, op)(*args)
+            return self._sock_call(sock, op, *args)
         except _BLOCKING:
             pass
         fut = self.create_future()

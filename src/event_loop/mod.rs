@@ -42,6 +42,9 @@ struct State {
     /// The handle running now, in debug mode (asyncio's `_current_handle`).
     current_handle: Option<Py<Handle>>,
     task_factory: Option<Py<PyAny>>,
+    /// Reused receive buffer (GUIDE §2.6): reads land here and become one `bytes` of exactly
+    /// the size received.
+    recv_buffer: Vec<u8>,
     /// `{"loop": <this loop>}`, made on first use and passed to every `Future(...)` and
     /// `Task(coro, ...)` call: building and freeing this dict per future was a fifth of
     /// `create_future`'s cost. The callees only read their keyword arguments.
@@ -878,6 +881,41 @@ impl LoopCore {
     /// `remove_writer` without the Python layer's transport check (asyncio's `_remove_writer`).
     fn _remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_watcher(slf, &fd, Direction::Write)
+    }
+
+    /// `sock.recv(n)` for a plain socket, reading into the loop's reused buffer (at most
+    /// 256 KiB per call, as a stream read may return less than asked) and returning one
+    /// `bytes` of the size received. `sock.recv` itself allocates `n` bytes per call and
+    /// shrinks them: above glibc's 128 KiB mmap threshold that costs fresh pages and two page
+    /// faults per read. Raises what `recv` raises (BlockingIOError when nothing is there).
+    fn _sock_recv_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        sock: &Bound<'py, PyAny>,
+        n: isize,
+    ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        const MAX_READ: usize = 256 * 1024;
+        if n < 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "negative buffersize in recv",
+            ));
+        }
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        let want = (n as usize).min(MAX_READ);
+        let mut st = self.state.borrow_mut(py)?;
+        if st.recv_buffer.len() < want {
+            st.recv_buffer.resize(want, 0);
+        }
+        // SAFETY: the buffer holds at least `want` writable bytes for the duration of the
+        // call; recv writes at most `want` bytes and returns how many (or -1 and errno).
+        let got = unsafe { libc::recv(fd, st.recv_buffer.as_mut_ptr().cast(), want, 0) };
+        if got < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        Ok(pyo3::types::PyBytes::new(
+            py,
+            &st.recv_buffer[..got as usize],
+        ))
     }
 
     /// The events watched for `fd` as selectors' EVENT_READ (1) | EVENT_WRITE (2), or None.
