@@ -365,3 +365,73 @@ def test_closing_loop_with_open_transports_and_servers_leaves_no_fd(loop_kind):
         del lp
         gc.collect()
     assert open_fds() <= before
+
+
+EMFILE_PROGRAM = r"""
+import asyncio, resource, socket, sys, time
+kind = sys.argv[1]
+if kind == "ferroloop":
+    import ferroloop
+    loop = ferroloop.new_event_loop()
+else:
+    loop = asyncio.new_event_loop()
+import logging
+logging.disable(logging.CRITICAL)  # asyncio logs each EMFILE; not what we check
+
+class Hold(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+async def main():
+    server = await loop.create_server(Hold, "127.0.0.1", 0, backlog=200)
+    port = server.sockets[0].getsockname()[1]
+    clients = []
+    for _ in range(40):  # connections queue in the listen backlog before we accept them
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        clients.append(c)
+    # Now leave room for only a few more descriptors: accepting the backlog hits EMFILE.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    used = len(__import__("os").listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 5, hard))
+    await asyncio.sleep(0.2)
+    t0, cpu0 = time.monotonic(), time.process_time()
+    await asyncio.sleep(1.5)  # accepting is paused: the loop must not spin
+    cpu = time.process_time() - cpu0
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    await asyncio.sleep(1.5)  # asyncio retries accepting after 1 s
+    probe = socket.socket()
+    probe.settimeout(5)
+    probe.connect(("127.0.0.1", port))
+    await asyncio.sleep(0.2)
+    print("cpu_while_paused", round(cpu, 3), "serving", server.is_serving())
+    for c in clients:
+        c.close()
+    probe.close()
+    server.close()
+    await server.wait_closed()
+
+loop.run_until_complete(main())
+loop.close()
+print("ok")
+"""
+
+
+def test_emfile_on_accept_pauses_and_resumes(loop_kind, tmp_path):
+    """EMFILE while accepting: the server stops accepting for a while instead of crashing
+    or spinning, then accepts again once descriptors are available."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "emfile.py"
+    script.write_text(EMFILE_PROGRAM)
+    proc = subprocess.run(
+        [sys.executable, str(script), loop_kind], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    words = proc.stdout.split()
+    assert words[-1] == "ok"
+    cpu_while_paused = float(words[words.index("cpu_while_paused") + 1])
+    assert cpu_while_paused < 0.5, f"the loop spun while accepting was paused: {cpu_while_paused}s"
+    assert words[words.index("serving") + 1] == "True"
