@@ -83,7 +83,6 @@ _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
             "_handle_signal",
             "_check_signal",
             "_process_self_data",
-            "_make_read_pipe_transport",
             "_make_write_pipe_transport",
             "_make_subprocess_transport",
             "_child_watcher_callback",
@@ -109,6 +108,19 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
     """
 
     max_size = 64 * 1024
+
+
+class _ReadPipeTransport(unix_events._UnixReadPipeTransport):
+    """asyncio's read-pipe transport, reading at most 64 KiB per os.read(): the same page-fault
+    cost as `_SocketTransport` above otherwise (a pipe holds 64 KiB by default anyway)."""
+
+    max_size = 64 * 1024
+
+
+def _make_read_pipe_transport(
+    self: Any, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None
+) -> _ReadPipeTransport:
+    return _ReadPipeTransport(self, pipe, protocol, waiter, extra)
 
 
 def _make_socket_transport(
@@ -229,5 +241,6 @@ for _source, _names in _BORROWED:
         setattr(NetworkingMixin, _name, _source.__dict__[_name])
 del _source, _names, _name
 NetworkingMixin._make_socket_transport = _make_socket_transport  # type: ignore[attr-defined]
+NetworkingMixin._make_read_pipe_transport = _make_read_pipe_transport  # type: ignore[attr-defined]
 
 assert selectors.EVENT_READ == 1 and selectors.EVENT_WRITE == 2  # _fd_events encoding
