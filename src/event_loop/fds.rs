@@ -2,13 +2,15 @@
 //! friends), and conversion of Python file objects to descriptors.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
 
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyInt;
+use pyo3::types::{PyInt, PyTuple};
 
-use super::poller::{READABLE, WRITABLE};
-use crate::handles::Handle;
+use super::poller::{Ready, ERROR_OR_HUP, READABLE, WRITABLE};
+use super::{LoopCore, State};
+use crate::handles::{new_tracked, Handle};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -76,4 +78,135 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         )));
     }
     RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+/// The watcher half of `LoopCore`: registering, replacing and dropping the handles watched
+/// for each fd, and queueing them when epoll reports their fd ready.
+impl LoopCore {
+    /// Sets (or with `None` clears) the watcher of one direction of `fd`, updating epoll.
+    /// Returns the watcher it replaced, for the caller to cancel and drop outside any borrow.
+    pub(super) fn set_watcher(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        dir: Direction,
+        new: Option<Py<Handle>>,
+    ) -> PyResult<Option<Py<Handle>>> {
+        if self.crossed_fork() {
+            if new.is_some() {
+                self.check_not_forked()?;
+            }
+            // Forget the watcher without touching the parent's epoll registrations.
+            let mut st = self.state.borrow_mut(py)?;
+            let old = st.fds.get_mut(&fd).and_then(|w| w.slot(dir).take());
+            if st.fds.get(&fd).is_some_and(|w| w.interest() == 0) {
+                st.fds.remove(&fd);
+            }
+            return Ok(old);
+        }
+        let mut st = self.state.borrow_mut(py)?;
+        let known = st.fds.contains_key(&fd);
+        let watchers = st.fds.entry(fd).or_default();
+        let before = watchers.interest();
+        let old = std::mem::replace(watchers.slot(dir), new);
+        let after = watchers.interest();
+        if after == 0 {
+            st.fds.remove(&fd);
+            if known {
+                self.poller.remove(fd);
+            }
+        } else if after != before || !known {
+            if let Err(e) = self.poller.set_interest(fd, after, known) {
+                // Undo: put the old watcher back (or forget the fd) and report the OSError.
+                let failed = match st.fds.get_mut(&fd) {
+                    Some(w) => std::mem::replace(w.slot(dir), old),
+                    None => None,
+                };
+                if !known {
+                    st.fds.remove(&fd);
+                }
+                drop(st);
+                drop(failed);
+                return Err(e.into());
+            }
+        }
+        Ok(old)
+    }
+
+    pub(super) fn add_watcher(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        dir: Direction,
+        method: &str,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_callback(&callback, method, true)?;
+        let fd = fileobj_to_fd(fd)?;
+        let handle = new_tracked(py, this.new_handle(py, callback, Some(args), None)?)?;
+        if let Some(old) = this.set_watcher(py, fd, dir, Some(handle.clone_ref(py)))? {
+            old.bind(py).call_method0("cancel")?;
+        }
+        Ok(handle)
+    }
+
+    pub(super) fn remove_watcher(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        dir: Direction,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        if this.is_debug() {
+            this.check_thread()?;
+        }
+        let fd = fileobj_to_fd(fd)?;
+        match this.set_watcher(py, fd, dir, None)? {
+            Some(old) => {
+                old.bind(py).call_method0("cancel")?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    pub(super) fn queue_io_callbacks(
+        &self,
+        py: Python<'_>,
+        mut events: Vec<Ready>,
+    ) -> PyResult<()> {
+        let mut stale: Vec<(RawFd, Direction)> = Vec::new();
+        {
+            let mut st = self.state.borrow_mut(py)?;
+            let State { ready, fds, .. } = &mut *st;
+            for ev in events.drain(..) {
+                let Some(w) = fds.get(&ev.fd) else { continue };
+                for (dir, bits, slot) in [
+                    (Direction::Read, READABLE, &w.reader),
+                    (Direction::Write, WRITABLE, &w.writer),
+                ] {
+                    let Some(handle) = slot else { continue };
+                    if ev.events & (bits | ERROR_OR_HUP) == 0 {
+                        continue;
+                    }
+                    if handle.get().is_cancelled() {
+                        stale.push((ev.fd, dir));
+                    } else {
+                        ready.push_back(handle.clone_ref(py));
+                    }
+                }
+            }
+            st.events = events;
+        }
+        // A cancelled watcher is unregistered, as asyncio's _process_events does.
+        for (fd, dir) in stale {
+            drop(self.set_watcher(py, fd, dir, None)?);
+        }
+        Ok(())
+    }
 }

@@ -1,15 +1,20 @@
 //! `LoopCore`: the native half of `ferroloop.Loop`.
 //!
 //! It owns the ready queue, the timer heap, the epoll poller and the fd watchers, and runs
-//! the loop (`_run_once` is asyncio's `BaseEventLoop._run_once`, in Rust). The Python class
-//! `ferroloop.Loop` derives from it and adds the per-loop logic that asyncio keeps in
-//! Python (exception handlers, executors, async generators, run_until_complete).
-
+//! the loop. The Python class `ferroloop.Loop` derives from it and adds the per-loop logic
+//! that asyncio keeps in Python (exception handlers, executors, async generators,
+//! run_until_complete).
+//!
+//! This file holds the state and every Python-visible method (PyO3 wants one `#[pymethods]`
+//! block); the rest of `LoopCore` lives beside it: `run` (one iteration, asyncio's
+//! `_run_once`), `fds` (fd watchers), `fast_call` (hand-written entry points of the hottest
+//! methods), `timers`, `poller`, `clock`, `fork`.
 mod clock;
 pub mod fast_call;
 mod fds;
 mod fork;
 mod poller;
+mod run;
 mod timers;
 
 use std::collections::{HashMap, VecDeque};
@@ -18,7 +23,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -26,10 +31,10 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
-use crate::handles::{new_tracked, Handle, Runnable, TimerHandle};
-use fds::{fileobj_to_fd, Direction, Watchers};
-use poller::{Poller, Ready, ERROR_OR_HUP, READABLE, WRITABLE};
-use timers::{TimerEntry, Timers};
+use crate::handles::{new_tracked, Handle, TimerHandle};
+use fds::{Direction, Watchers};
+use poller::{Poller, Ready};
+use timers::Timers;
 
 /// Mutable loop state, touched only with the GIL held (see `GilCell`).
 #[derive(Default)]
@@ -316,272 +321,6 @@ impl LoopCore {
             .timers
             .push(when, timer.clone_ref(py));
         Ok(timer)
-    }
-
-    /// Drops cancelled timers from the heap and says how long the next wait may last
-    /// (milliseconds, -1 for no limit).
-    fn prepare_wait(&self, py: Python<'_>) -> PyResult<(i32, bool, Vec<Ready>)> {
-        let mut dropped: Vec<TimerEntry> = Vec::new();
-        let result = {
-            let mut st = self.state.borrow_mut(py)?;
-            let cancelled = self.timers_cancelled.load(Ordering::Relaxed);
-            if cancelled > 0 {
-                let (n, gone) = st.timers.purge_cancelled(py, cancelled);
-                self.timers_cancelled
-                    .store(cancelled.saturating_sub(n), Ordering::Relaxed);
-                dropped = gone;
-            }
-            let timeout = if !st.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
-                0
-            } else if let Some(when) = st.timers.peek_when() {
-                clock::wait_millis(when - clock::monotonic())
-            } else {
-                -1
-            };
-            let must_poll = timeout != 0 || !st.fds.is_empty();
-            (timeout, must_poll, std::mem::take(&mut st.events))
-        };
-        drop(dropped);
-        Ok(result)
-    }
-
-    /// Waits for I/O (releasing the GIL if the wait may block) and queues the watchers of
-    /// the ready fds.
-    fn poll(&self, py: Python<'_>, timeout_ms: i32, mut events: Vec<Ready>) -> PyResult<()> {
-        let result = if timeout_ms == 0 {
-            self.poller.wait(&mut events, 0)
-        } else {
-            let poller = &self.poller;
-            let (result, ev) = py.detach(move || {
-                let r = poller.wait(&mut events, timeout_ms);
-                (r, events)
-            });
-            events = ev;
-            result
-        };
-        self.poller.set_sleeping(false);
-        match result {
-            Ok(_) => self.queue_io_callbacks(py, events),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                self.state.borrow_mut(py)?.events = events;
-                // Run Python's signal handlers now (PEP 475): KeyboardInterrupt surfaces here.
-                py.check_signals()
-            }
-            Err(e) => {
-                self.state.borrow_mut(py)?.events = events;
-                Err(e.into())
-            }
-        }
-    }
-
-    fn queue_io_callbacks(&self, py: Python<'_>, mut events: Vec<Ready>) -> PyResult<()> {
-        let mut stale: Vec<(RawFd, Direction)> = Vec::new();
-        {
-            let mut st = self.state.borrow_mut(py)?;
-            let State { ready, fds, .. } = &mut *st;
-            for ev in events.drain(..) {
-                let Some(w) = fds.get(&ev.fd) else { continue };
-                for (dir, bits, slot) in [
-                    (Direction::Read, READABLE, &w.reader),
-                    (Direction::Write, WRITABLE, &w.writer),
-                ] {
-                    let Some(handle) = slot else { continue };
-                    if ev.events & (bits | ERROR_OR_HUP) == 0 {
-                        continue;
-                    }
-                    if handle.get().is_cancelled() {
-                        stale.push((ev.fd, dir));
-                    } else {
-                        ready.push_back(handle.clone_ref(py));
-                    }
-                }
-            }
-            st.events = events;
-        }
-        // A cancelled watcher is unregistered, as asyncio's _process_events does.
-        for (fd, dir) in stale {
-            drop(self.set_watcher(py, fd, dir, None)?);
-        }
-        Ok(())
-    }
-
-    /// Moves due timers to the ready queue.
-    fn queue_due_timers(&self, py: Python<'_>) -> PyResult<()> {
-        let mut dropped: Vec<TimerEntry> = Vec::new();
-        {
-            let mut st = self.state.borrow_mut(py)?;
-            if st.timers.len() == 0 {
-                // No clock read when there is no timer: a measurable share of a busy loop.
-                return Ok(());
-            }
-            let end = clock::monotonic() + clock::RESOLUTION;
-            while st.timers.peek_when().is_some_and(|when| when < end) {
-                let Some(entry) = st.timers.pop() else { break };
-                entry.handle.get().set_scheduled(false);
-                if entry.is_cancelled(py) {
-                    let n = self.timers_cancelled.load(Ordering::Relaxed);
-                    self.timers_cancelled
-                        .store(n.saturating_sub(1), Ordering::Relaxed);
-                    dropped.push(entry);
-                } else {
-                    let handle = entry.handle.into_bound(py).into_super().unbind();
-                    st.ready.push_back(handle);
-                }
-            }
-        }
-        drop(dropped);
-        Ok(())
-    }
-
-    /// Runs the handles that were ready when this iteration began.
-    fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let ntodo = this.state.borrow(py)?.ready.len();
-        for _ in 0..ntodo {
-            let Some(handle) = this.state.borrow_mut(py)?.ready.pop_front() else {
-                break;
-            };
-            let Some(runnable) = handle.get().runnable(py)? else {
-                continue;
-            };
-            let outcome = if this.is_debug() {
-                Self::run_timed(slf, &handle, &runnable)
-            } else {
-                Handle::run_runnable(py, &runnable)
-            };
-            if let Err(err) = outcome {
-                Self::report_callback_error(slf, &handle, err)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Debug-mode run: records the current handle and warns about slow callbacks.
-    fn run_timed(slf: &Bound<'_, Self>, handle: &Py<Handle>, runnable: &Runnable) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        this.state.borrow_mut(py)?.current_handle = Some(handle.clone_ref(py));
-        let t0 = clock::monotonic();
-        let outcome = Handle::run_runnable(py, runnable);
-        let elapsed = clock::monotonic() - t0;
-        let previous = this.state.borrow_mut(py)?.current_handle.take();
-        drop(previous);
-        let slow = f64::from_bits(this.slow_callback_duration.load(Ordering::Relaxed));
-        if elapsed >= slow {
-            slf.call_method1("_log_slow_callback", (handle.clone_ref(py), elapsed))?;
-        }
-        outcome
-    }
-
-    /// KeyboardInterrupt and SystemExit leave the loop; anything else goes to the
-    /// exception handler and the loop goes on (asyncio's `Handle._run`).
-    fn report_callback_error(
-        slf: &Bound<'_, Self>,
-        handle: &Py<Handle>,
-        err: PyErr,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
-            return Err(err);
-        }
-        slf.call_method1(
-            "_report_callback_exception",
-            (handle.clone_ref(py), err.into_value(py)),
-        )?;
-        Ok(())
-    }
-
-    /// Sets (or with `None` clears) the watcher of one direction of `fd`, updating epoll.
-    /// Returns the watcher it replaced, for the caller to cancel and drop outside any borrow.
-    fn set_watcher(
-        &self,
-        py: Python<'_>,
-        fd: RawFd,
-        dir: Direction,
-        new: Option<Py<Handle>>,
-    ) -> PyResult<Option<Py<Handle>>> {
-        if self.crossed_fork() {
-            if new.is_some() {
-                self.check_not_forked()?;
-            }
-            // Forget the watcher without touching the parent's epoll registrations.
-            let mut st = self.state.borrow_mut(py)?;
-            let old = st.fds.get_mut(&fd).and_then(|w| w.slot(dir).take());
-            if st.fds.get(&fd).is_some_and(|w| w.interest() == 0) {
-                st.fds.remove(&fd);
-            }
-            return Ok(old);
-        }
-        let mut st = self.state.borrow_mut(py)?;
-        let known = st.fds.contains_key(&fd);
-        let watchers = st.fds.entry(fd).or_default();
-        let before = watchers.interest();
-        let old = std::mem::replace(watchers.slot(dir), new);
-        let after = watchers.interest();
-        if after == 0 {
-            st.fds.remove(&fd);
-            if known {
-                self.poller.remove(fd);
-            }
-        } else if after != before || !known {
-            if let Err(e) = self.poller.set_interest(fd, after, known) {
-                // Undo: put the old watcher back (or forget the fd) and report the OSError.
-                let failed = match st.fds.get_mut(&fd) {
-                    Some(w) => std::mem::replace(w.slot(dir), old),
-                    None => None,
-                };
-                if !known {
-                    st.fds.remove(&fd);
-                }
-                drop(st);
-                drop(failed);
-                return Err(e.into());
-            }
-        }
-        Ok(old)
-    }
-
-    fn add_watcher(
-        slf: &Bound<'_, Self>,
-        fd: &Bound<'_, PyAny>,
-        dir: Direction,
-        method: &str,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_callback(&callback, method, true)?;
-        let fd = fileobj_to_fd(fd)?;
-        let handle = new_tracked(py, this.new_handle(py, callback, Some(args), None)?)?;
-        if let Some(old) = this.set_watcher(py, fd, dir, Some(handle.clone_ref(py)))? {
-            old.bind(py).call_method0("cancel")?;
-        }
-        Ok(handle)
-    }
-
-    fn remove_watcher(
-        slf: &Bound<'_, Self>,
-        fd: &Bound<'_, PyAny>,
-        dir: Direction,
-    ) -> PyResult<bool> {
-        let py = slf.py();
-        let this = slf.get();
-        if this.closed.load(Ordering::Relaxed) {
-            return Ok(false);
-        }
-        if this.is_debug() {
-            this.check_thread()?;
-        }
-        let fd = fileobj_to_fd(fd)?;
-        match this.set_watcher(py, fd, dir, None)? {
-            Some(old) => {
-                old.bind(py).call_method0("cancel")?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
     }
 }
 
