@@ -13,7 +13,7 @@ fi
 echo "== lint: cargo fmt, clippy, ruff"
 cargo fmt --check
 cargo clippy --release --quiet -- -D warnings
-.venv/bin/ruff check python tests bench
+.venv/bin/ruff check python tests bench examples
 echo "== pytest"
 .venv/bin/python -m pytest -q tests --ignore=tests/conformance
 echo "== CPython asyncio conformance"
