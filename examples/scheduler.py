@@ -98,20 +98,28 @@ class Scheduler:
 
     # -- adding jobs ---------------------------------------------------------
 
-    def call_later(self, delay: float, func: Callable[..., Any], *args: Any,
-                   name: str | None = None) -> Job:
+    def call_later(
+        self, delay: float, func: Callable[..., Any], *args: Any, name: str | None = None
+    ) -> Job:
         """Run ``func(*args)`` once, ``delay`` seconds after start (or now, if running)."""
         return self._add(Job(func, args, delay=delay, interval=None, name=name))
 
-    def call_every(self, interval: float, func: Callable[..., Any], *args: Any,
-                   first_delay: float | None = None, name: str | None = None) -> Job:
+    def call_every(
+        self,
+        interval: float,
+        func: Callable[..., Any],
+        *args: Any,
+        first_delay: float | None = None,
+        name: str | None = None,
+    ) -> Job:
         """Run ``func(*args)`` every ``interval`` seconds; the first run after
         ``first_delay`` (default: one interval)."""
         delay = interval if first_delay is None else first_delay
         return self._add(Job(func, args, delay=delay, interval=interval, name=name))
 
-    def every(self, seconds: float, *, first_delay: float | None = None,
-              name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def every(
+        self, seconds: float, *, first_delay: float | None = None, name: str | None = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator form of :meth:`call_every`; returns the function unchanged
         (the job is available as ``func.job``)."""
 
@@ -235,8 +243,12 @@ class Scheduler:
         exc = task.exception()
         if exc is not None:
             job.failures += 1
-            logger.error("job %s failed (run %d)", job.name, job.runs,
-                         exc_info=(type(exc), exc, exc.__traceback__))
+            logger.error(
+                "job %s failed (run %d)",
+                job.name,
+                job.runs,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
 
     def _reschedule(self, job: Job, now: float) -> None:
         assert job.interval is not None and job.next_run is not None

@@ -35,8 +35,11 @@ T = TypeVar("T")
 class ThreadBridge:
     """Connects one running loop with worker threads and a blocking-call pool."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 blocking_pool: concurrent.futures.Executor | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        blocking_pool: concurrent.futures.Executor | None = None,
+    ) -> None:
         self.loop = loop
         self.blocking_pool = blocking_pool  # None: the loop's default executor
 
@@ -62,8 +65,9 @@ class ThreadBridge:
         """From a coroutine: run ``func(*args)`` in the pool, without blocking the loop."""
         return await self.loop.run_in_executor(self.blocking_pool, func, *args)
 
-    async def run_threads(self, target: Callable[..., T],
-                          args_list: Sequence[tuple[Any, ...]]) -> list[T]:
+    async def run_threads(
+        self, target: Callable[..., T], args_list: Sequence[tuple[Any, ...]]
+    ) -> list[T]:
         """Run ``target(*args)`` in one new thread per ``args``; await all of them.
 
         Returns the results in order; if any thread raised, waits for all and
@@ -93,13 +97,15 @@ class ThreadBridge:
         ]
         for t in threads:
             t.start()
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        if futures:
+            await asyncio.wait(futures)  # all of them, even if one failed early
         for t in threads:  # each has already handed over its result: join is immediate
             t.join()
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return list(outcomes)
+        for fut in futures:
+            exc = fut.exception()
+            if exc is not None:
+                raise exc
+        return [fut.result() for fut in futures]
 
 
 # -- demo ---------------------------------------------------------------------
@@ -147,15 +153,15 @@ async def demo(threads: int = 8, per_thread: int = 50) -> dict[str, int]:
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         bridge = ThreadBridge(loop, pool)
         t0 = time.perf_counter()
-        per_worker = await bridge.run_threads(
-            worker, [(bridge, s, per_thread) for s in symbols]
-        )
+        per_worker = await bridge.run_threads(worker, [(bridge, s, per_thread) for s in symbols])
         elapsed = time.perf_counter() - t0
     total = {k: sum(s[k] for s in per_worker) for k in per_worker[0]}
     print(f"loop: {type(loop).__module__}")
     print(f"threads: {threads}, requests: {threads * per_thread}")
-    print(f"ok: {total['ok']}, failed: {total['failed']}, cancelled: {total['cancelled']}, "
-          f"wrong results: {total['wrong']}")
+    print(
+        f"ok: {total['ok']}, failed: {total['failed']}, cancelled: {total['cancelled']}, "
+        f"wrong results: {total['wrong']}"
+    )
     print(f"elapsed: {elapsed:.2f}s")
     return total
 

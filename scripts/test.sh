@@ -6,9 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Real servers the example tests start on loopback ports of their own (Debian packages).
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "== installing redis-server (Debian package) for tests/examples"
-    apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
+if ((${#missing[@]})); then
+    echo "== installing ${missing[*]} (Debian packages) for tests/examples"
+    apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 echo "== lint: cargo fmt, clippy, ruff"
 cargo fmt --check

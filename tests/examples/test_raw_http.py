@@ -49,6 +49,7 @@ def with_server(
     check that every connection handler has finished (no leaked connection)."""
 
     async def scenario() -> object:
+        outer = asyncio.all_tasks()  # this task and the wait_for() wrapping it
         server = await raw_http.start(HOST, 0, HEADER_TIMEOUT)
         port = server.sockets[0].getsockname()[1]
         try:
@@ -56,7 +57,7 @@ def with_server(
         finally:
             server.close()
             await server.wait_closed()
-        others = asyncio.all_tasks() - {asyncio.current_task()}
+        others = asyncio.all_tasks() - outer
         if others:
             _, pending = await asyncio.wait(others, timeout=2)
             assert not pending, f"connection handlers still running: {pending}"

@@ -184,9 +184,7 @@ def test_coroutine_cancelled_in_loop_is_seen_by_thread(loop, pool) -> None:
             return "finished"
 
         bridge = ThreadBridge(lp, pool)
-        runner = asyncio.ensure_future(
-            bridge.run_threads(in_thread, [(bridge,)])
-        )
+        runner = asyncio.ensure_future(bridge.run_threads(in_thread, [(bridge,)]))
         while not release.is_set():
             await asyncio.sleep(0.001)
         tasks[0].cancel()  # cancelled from the loop side
@@ -195,9 +193,7 @@ def test_coroutine_cancelled_in_loop_is_seen_by_thread(loop, pool) -> None:
         assert await bridge.run_threads(timeout_in_thread, [(bridge,)]) == ["timeout"]
         # ThreadBridge.call() cancels the abandoned coroutine on timeout.
         for _ in range(100):
-            leftover = {
-                t for t in asyncio.all_tasks() if t is not asyncio.current_task()
-            } - before
+            leftover = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()} - before
             if not leftover:
                 break
             await asyncio.sleep(0.01)
@@ -274,7 +270,7 @@ def test_many_threads_many_submissions(loop, pool) -> None:
             i2 = await asyncio.get_running_loop().run_in_executor(pool, lambda: i * i)
         else:
             i2 = i * i
-        return t, i, i2 + threading.get_ident() * 0
+        return t, i, i2
 
     def in_thread(bridge, t: int) -> list[tuple[int, int, int]]:
         # Mix of blocking calls and batched submissions.
