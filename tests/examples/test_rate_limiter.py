@@ -64,7 +64,10 @@ def test_sliding_window_and_fifo(loop: asyncio.AbstractEventLoop) -> None:
             entered.append((i, admitted_at, loop.time()))
             await asyncio.sleep(0)  # the rate-limited work
 
-    loop.run_until_complete(asyncio.gather(*(caller(i) for i in range(CALLS))))
+    async def scenario() -> None:
+        await asyncio.gather(*(caller(i) for i in range(CALLS)))
+
+    loop.run_until_complete(scenario())
 
     assert errors == []
     assert len(entered) == CALLS

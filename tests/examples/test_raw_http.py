@@ -309,22 +309,22 @@ def test_script_serves_a_request(runner: str) -> None:
     if runner == "ferroloop":
         cmd[1:1] = ["-m", "ferroloop"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env
-    )
-    try:
-        line = _readline(proc, 5)
-        assert line.strip() == f"serving on http://{HOST}:{port} ({runner} loop)", (
-            line,
-            proc.poll(),
-        )
-        response = httpx.get(f"http://{HOST}:{port}/echo?from=test", timeout=3)
-        assert response.status_code == 200
-        assert response.json()["query"] == {"from": ["test"]}
-    finally:
-        proc.terminate()
+    ) as proc:
         try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            line = _readline(proc, 5)
+            assert line.strip() == f"serving on http://{HOST}:{port} ({runner} loop)", (
+                line,
+                proc.poll(),
+            )
+            response = httpx.get(f"http://{HOST}:{port}/echo?from=test", timeout=3)
+            assert response.status_code == 200
+            assert response.json()["query"] == {"from": ["test"]}
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
