@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from _support import example_command, load_example
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "pipeline.py"
 
 
-def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("examples_pipeline", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
-pipeline = _load_example()
+pipeline = load_example("pipeline")
 
 
 class ProbeQueue(pipeline.InstrumentedQueue):
@@ -134,9 +124,7 @@ def test_failing_items_are_counted_and_do_not_block_join(
 
 @pytest.mark.timeout(30)
 def test_script_runs(loop_kind: str) -> None:
-    cmd = [sys.executable, str(EXAMPLE)]
-    if loop_kind == "ferroloop":
-        cmd[1:1] = ["-m", "ferroloop"]
+    cmd = example_command("pipeline", loop_kind)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=25)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -8,31 +8,22 @@ the example's running sum.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
-import sys
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from _support import example_command, load_example
 
 pytestmark = pytest.mark.timeout(10)
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "quotes.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("example_quotes", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
-quotes = _load()
+quotes = load_example("quotes")
 
 QUOTES = [
     ("AAA", "10.00"),
@@ -193,9 +184,7 @@ def test_sync_subscriber_raising_on_first_quote(loop: asyncio.AbstractEventLoop)
 
 @pytest.mark.parametrize("runner", ["asyncio", "ferroloop"])
 def test_script_runs(runner: str) -> None:
-    cmd = [sys.executable, str(EXAMPLE)]
-    if runner == "ferroloop":
-        cmd = [sys.executable, "-m", "ferroloop", str(EXAMPLE)]
+    cmd = example_command("quotes", runner)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=8, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from _support import example_command, load_example
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "rate_limiter.py"
 
 
-def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("examples_rate_limiter", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-rate_limiter = _load_example()
+rate_limiter = load_example("rate_limiter")
 
 RATE = 50
 PERIOD = 0.5  # 100 calls/s
@@ -137,9 +127,7 @@ def test_cancelled_waiter_gives_up_its_place(loop: asyncio.AbstractEventLoop) ->
 
 @pytest.mark.timeout(30)
 def test_script_runs(loop_kind: str) -> None:
-    cmd = [sys.executable, str(EXAMPLE)]
-    if loop_kind == "ferroloop":
-        cmd[1:1] = ["-m", "ferroloop"]
+    cmd = example_command("rate_limiter", loop_kind)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=25)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

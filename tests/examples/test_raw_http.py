@@ -8,38 +8,29 @@ loop's default executor, plus an asyncio-streams client on the same loop for pip
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import select
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from _support import example_command, load_example
 
 pytestmark = pytest.mark.timeout(10)
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "raw_http.py"
 HOST = "127.0.0.1"
 HEADER_TIMEOUT = 0.5
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("example_raw_http", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
-raw_http = _load()
+raw_http = load_example("raw_http")
 
 
 def with_server(
@@ -305,9 +296,7 @@ def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
 @pytest.mark.parametrize("runner", ["asyncio", "ferroloop"])
 def test_script_serves_a_request(runner: str) -> None:
     port = _free_port()
-    cmd = [sys.executable, str(EXAMPLE), "--port", str(port)]
-    if runner == "ferroloop":
-        cmd[1:1] = ["-m", "ferroloop"]
+    cmd = example_command("raw_http", runner, "--port", str(port))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import subprocess
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from _support import example_command, load_example
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "scheduler.py"
 
 PERIOD = 0.05
 FIRINGS = 20
@@ -24,19 +21,9 @@ LATE_BOUND = 0.040
 EARLY_BOUND = 0.002
 
 
-def _load_example() -> ModuleType:
-    name = "example_scheduler"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
-sched_mod = _load_example()
+sched_mod = load_example("scheduler")
 Scheduler = sched_mod.Scheduler
 
 
@@ -228,10 +215,7 @@ def test_cancel_and_late_add(loop: asyncio.AbstractEventLoop) -> None:
 
 @pytest.mark.timeout(20)
 def test_demo_script(loop_kind: str) -> None:
-    if loop_kind == "ferroloop":
-        cmd = [sys.executable, "-m", "ferroloop", str(EXAMPLE)]
-    else:
-        cmd = [sys.executable, str(EXAMPLE)]
+    cmd = example_command("scheduler", loop_kind)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=15, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

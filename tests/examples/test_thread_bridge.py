@@ -5,34 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib.util
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from _support import example_command, load_example
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "thread_bridge.py"
 
 
-def _load_example() -> ModuleType:
-    name = "example_thread_bridge"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
-tb = _load_example()
+tb = load_example("thread_bridge")
 ThreadBridge = tb.ThreadBridge
 
 
@@ -291,10 +278,7 @@ def test_many_threads_many_submissions(loop, pool) -> None:
 
 @pytest.mark.timeout(20)
 def test_demo_script(loop_kind: str) -> None:
-    if loop_kind == "ferroloop":
-        cmd = [sys.executable, "-m", "ferroloop", str(EXAMPLE)]
-    else:
-        cmd = [sys.executable, str(EXAMPLE)]
+    cmd = example_command("thread_bridge", loop_kind)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=15, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
