@@ -54,6 +54,10 @@ class Cache:
         while True:
             if await self.client.set(lock, token, nx=True, px=int(self.lock_ttl * 1000)):
                 try:
+                    # The previous holder may have stored the value just before releasing.
+                    value = await self.get(key)
+                    if value is not None:
+                        return value
                     value = await compute()
                     await self.client.set(self.prefix + key, json.dumps(value), px=int(ttl * 1000))
                     return value
