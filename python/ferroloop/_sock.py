@@ -120,6 +120,10 @@ class SocketMixin:
         socket wrapper or a mock may change its methods while a call waits)."""
         if op == "recv" and type(sock) is socket.socket:
             return self._sock_recv_bytes(sock, *args)
+        if op == "accept":
+            conn, address = sock.accept()
+            conn.setblocking(False)
+            return conn, address
         return getattr(sock, op)(*args)
 
     def _finish(self, fut: Any, sock: socket.socket, op: str, *args: Any) -> bool:
@@ -175,27 +179,9 @@ class SocketMixin:
     async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
         _check_socket(self, sock)
         fut = self.create_future()
-        if not self._accept_now(fut, sock):
-            self._wait_readable(fut, sock, self._sock_accept_ready)
+        if not self._finish(fut, sock, "accept"):
+            self._wait_readable(fut, sock, self._sock_op_ready, "accept")
         return await fut
-
-    def _accept_now(self, fut: Any, sock: socket.socket) -> bool:
-        try:
-            conn, address = sock.accept()
-            conn.setblocking(False)
-        except _BLOCKING:
-            return False
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result((conn, address))
-        return True
-
-    def _sock_accept_ready(self, fut: Any, sock: socket.socket) -> None:
-        if not fut.done():
-            self._accept_now(fut, sock)
 
     # ---------------------------------------------------------------- writes
 
