@@ -267,3 +267,377 @@ def test_fork_child_cannot_use_inherited_loop_and_parent_keeps_watchers(ferroloo
         loop.close()
         a.close()
         b.close()
+
+
+# -- child watching: many children, signals, pidfd and its fallback, loop close, fork ------
+
+
+def _children() -> dict[int, str]:
+    """{pid: state} of this process's children, from /proc (state 'Z' is a zombie)."""
+    me = os.getpid()
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:  # exited meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        if int(fields[1]) == me:
+            found[int(name)] = fields[0]
+    return found
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _expected_code(i: int) -> int:
+    return -signal.SIGKILL if i % 10 == 9 else i % 120
+
+
+def _command(i: int) -> str:
+    return "kill -9 $$" if i % 10 == 9 else f"exit {i % 120}"
+
+
+@pytest.mark.timeout(120)
+def test_thousand_concurrent_processes_no_zombie_no_fd_left(loop):
+    """1,000 short children spawned at once (no concurrency bound: spawning is synchronous
+    and cheap, about 0.7 s for all of them on 2 cores): every return code right (exit codes
+    and deaths by signal), no zombie left, as many open fds afterwards as before."""
+
+    async def one(i: int) -> tuple[int, int]:
+        proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", _command(i))
+        return proc.pid, await proc.wait()
+
+    async def main(n: int) -> list[tuple[int, int]]:
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+    loop.run_until_complete(main(3))  # first use: lazily created fds and threads
+    fds_before = _open_fds()
+    results = loop.run_until_complete(main(1000))
+    assert [code for _, code in results] == [_expected_code(i) for i in range(1000)]
+    pids = {pid for pid, _ in results}
+    assert len(pids) == 1000
+    children = _children()
+    assert not pids & set(children), "children of this loop not reaped"
+    assert "Z" not in children.values(), f"zombie children: {children}"
+    assert _open_fds() == fds_before
+
+
+def test_child_ignoring_sigterm_is_killed(loop):
+    async def main() -> tuple[int | None, int]:
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+            " print('ready', flush=True); time.sleep(30)",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert await proc.stdout.readline() == b"ready\n"
+        proc.terminate()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(proc.wait(), 0.3)  # SIGTERM ignored: still running
+        still_running = proc.returncode
+        proc.kill()
+        return still_running, await proc.wait()
+
+    assert loop.run_until_complete(main()) == (None, -signal.SIGKILL)
+
+
+def _waitpid_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if "waitpid" in t.name]
+
+
+def _spawn_and_wait(loop, n: int, seen_threads: list[list[str]]) -> list[int]:
+    """Spawn n children that wait for EOF on stdin, note the waitpid threads alive while
+    they all run, release them; return their return codes."""
+
+    async def main() -> list[int]:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", f"read x; {_command(i)}", stdin=asyncio.subprocess.PIPE
+            )
+            for i in range(n)
+        ]
+        seen_threads.append(_waitpid_threads())
+        for proc in procs:
+            proc.stdin.close()
+        return await asyncio.gather(*(proc.wait() for proc in procs))
+
+    return loop.run_until_complete(main())
+
+
+@pytest.mark.ferroloop_only
+def test_children_watched_through_pidfds(ferroloop, monkeypatch):
+    """On Linux each child is watched through a pidfd on the loop: no thread, and every
+    pidfd is closed once its child is reaped."""
+    opened: list[int] = []
+    real_pidfd_open = os.pidfd_open
+
+    def pidfd_open(pid: int, flags: int = 0) -> int:
+        fd = real_pidfd_open(pid, flags)
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(os, "pidfd_open", pidfd_open)
+    loop = ferroloop.new_event_loop()
+    try:
+        fds_before = _open_fds()
+        seen: list[list[str]] = []
+        codes = _spawn_and_wait(loop, 20, seen)
+        assert codes == [_expected_code(i) for i in range(20)]
+        assert len(opened) == 20
+        assert seen == [[]]  # no waitpid thread
+        assert _open_fds() == fds_before
+    finally:
+        loop.close()
+
+
+@pytest.mark.ferroloop_only
+@pytest.mark.parametrize("failure", ["ENOSYS", "EPERM", "EMFILE", "missing"])
+def test_children_watched_by_threads_without_pidfd(ferroloop, monkeypatch, failure):
+    """When pidfd_open is unavailable or fails, one thread per child waits for it."""
+    import errno
+
+    if failure == "missing":
+        monkeypatch.delattr(os, "pidfd_open")
+    else:
+        code = getattr(errno, failure)
+
+        def pidfd_open(pid: int, flags: int = 0) -> int:
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "pidfd_open", pidfd_open)
+    loop = ferroloop.new_event_loop()
+    try:
+        seen: list[list[str]] = []
+        codes = _spawn_and_wait(loop, 10, seen)
+        assert codes == [_expected_code(i) for i in range(10)]
+        assert len(seen[0]) == 10
+        for _ in range(100):  # the threads end once they have reported
+            if not _waitpid_threads():
+                break
+            threading.Event().wait(0.01)
+        assert not _waitpid_threads()
+    finally:
+        loop.close()
+
+
+@pytest.mark.ferroloop_only
+def test_child_reaped_elsewhere_reports_popen_status(ferroloop):
+    """A child reaped by Popen itself (here the user's Popen.wait()) before the loop sees its
+    pidfd: the status Popen recorded is reported (asyncio's watchers report 255)."""
+    loop = ferroloop.new_event_loop()
+
+    async def main() -> tuple[int, int]:
+        proc = await asyncio.create_subprocess_exec(PY, "-c", "import sys; sys.exit(7)")
+        popen = proc._transport.get_extra_info("subprocess")
+        assert popen.wait() == 7  # blocking, in the loop thread: reaps the child first
+        return popen.returncode, await proc.wait()
+
+    try:
+        assert loop.run_until_complete(main()) == (7, 7)
+    finally:
+        loop.close()
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once `pid` is no longer a child of ours (reaped), False if it stays."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid not in _children():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.ferroloop_only
+@pytest.mark.parametrize("watch", ["pidfd", "thread"])
+def test_loop_closed_while_children_run(ferroloop, caplog, monkeypatch, watch):
+    """Closing the loop closes its pidfds at once; a child that already exited is reaped
+    then, one still running is reaped by a thread when it exits (no zombie), as
+    ThreadedChildWatcher would. Without pidfds, each child's own thread does the same."""
+    import errno
+    import warnings
+
+    if watch == "thread":
+
+        def pidfd_open(pid: int, flags: int = 0) -> int:
+            raise OSError(errno.ENOSYS, "no pidfd")
+
+        monkeypatch.setattr(os, "pidfd_open", pidfd_open)
+    fds_before = _open_fds()
+    loop = ferroloop.new_event_loop()
+
+    async def start(code: str) -> asyncio.SubprocessTransport:
+        transport, _ = await loop.subprocess_exec(
+            asyncio.SubprocessProtocol, PY, "-c", code, stdin=None, stdout=None, stderr=None
+        )
+        return transport
+
+    running = loop.run_until_complete(start("import time; time.sleep(0.5)"))
+    exited = loop.run_until_complete(start("pass"))
+    if watch == "pidfd":
+        for _ in range(500):  # let it exit, without running the loop
+            if _children().get(exited.get_pid()) == "Z":
+                break
+            threading.Event().wait(0.01)
+        assert _children().get(exited.get_pid()) == "Z"  # a zombie until the loop reaps it
+    else:
+        assert _wait_gone(exited.get_pid())  # reaped by its thread, not reported yet
+    with caplog.at_level("WARNING", logger="asyncio"):
+        loop.close()
+        assert _open_fds() == fds_before  # the loop's fds and both pidfds closed
+        assert exited.get_pid() not in _children()  # reaped by close()
+        assert running.get_pid() in _children()
+        assert _wait_gone(running.get_pid())  # reaped by the thread once it exited
+        for _ in range(100):
+            if "is closed" in caplog.text:
+                break
+            threading.Event().wait(0.01)
+    assert f"that handles pid {running.get_pid()} is closed" in caplog.text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        running.close()
+        exited.close()
+
+
+@pytest.mark.ferroloop_only
+def test_fork_child_closing_loop_leaves_parent_watching(ferroloop):
+    """A forked child that closes the inherited loop closes its copies of the pidfds and
+    waits for nothing; the parent still sees its own child exit."""
+    loop = ferroloop.new_event_loop()
+
+    async def start() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            PY, "-c", "import sys, time; time.sleep(0.3); sys.exit(5)"
+        )
+
+    try:
+        proc = loop.run_until_complete(start())
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                loop.close()
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert loop.run_until_complete(asyncio.wait_for(proc.wait(), 10)) == 5
+    finally:
+        loop.close()
+
+
+def test_explicit_policy_child_watcher_is_used(loop):
+    """A child watcher set on the policy (other than the lazily created default) is used,
+    as asyncio uses it: asyncio.set_child_watcher() keeps its meaning on ferroloop."""
+
+    class Recording(asyncio.ThreadedChildWatcher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pids: list[int] = []
+
+        def add_child_handler(self, pid, callback, *args):  # type: ignore[override]
+            self.pids.append(pid)
+            super().add_child_handler(pid, callback, *args)
+
+    async def main() -> tuple[int, int]:
+        proc = await asyncio.create_subprocess_exec(PY, "-c", "import sys; sys.exit(4)")
+        return proc.pid, await proc.wait()
+
+    policy = asyncio.get_event_loop_policy()
+    saved = policy._watcher  # (get_child_watcher() would create one)
+    watcher = Recording()
+    asyncio.set_child_watcher(watcher)
+    try:
+        pid, code = loop.run_until_complete(main())
+    finally:
+        policy.set_child_watcher(saved)
+    assert code == 4
+    assert watcher.pids == [pid]
+
+
+# -- several processes serving one port (SO_REUSEPORT) ---------------------------------------
+
+REUSE_PORT_SERVER = """
+import asyncio, os, signal, sys
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(IDENT + b" " + data)
+        self.transport.close()
+
+async def main(port):
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, "127.0.0.1", port, reuse_port=True)
+    stop = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
+    print("ready", type(loop).__module__, flush=True)
+    await stop
+    server.close()
+    await server.wait_closed()
+    print("stopped", flush=True)
+
+IDENT = sys.argv[2].encode()
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_create_server_reuse_port_in_several_processes(loop_kind, tmp_path):
+    """Three processes (run with `python -m ferroloop`, or plain python for the asyncio
+    reference) serve one port with create_server(reuse_port=True): every connection is
+    answered, more than one process answers, and all of them stop cleanly on SIGTERM."""
+    import socket
+    import subprocess
+
+    script = tmp_path / "reuse_port_server.py"
+    script.write_text(REUSE_PORT_SERVER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runner = [PY, "-m", "ferroloop"] if loop_kind == "ferroloop" else [PY]
+    servers = [
+        subprocess.Popen(
+            [*runner, str(script), str(port), f"server{i}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        for i in range(3)
+    ]
+    loop_module = "ferroloop._loop" if loop_kind == "ferroloop" else "asyncio.unix_events"
+    try:
+        for proc in servers:
+            line = proc.stdout.readline().decode()
+            assert line.split() == ["ready", loop_module], line + proc.stdout.read().decode()
+        answered: dict[str, int] = {}
+        for i in range(300):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(b"ping %d" % i)
+                reply = b""
+                while chunk := conn.recv(100):
+                    reply += chunk
+            ident, _, echoed = reply.decode().partition(" ")
+            assert echoed == f"ping {i}"
+            answered[ident] = answered.get(ident, 0) + 1
+        assert sum(answered.values()) == 300
+        assert set(answered) <= {"server0", "server1", "server2"}
+        assert len(answered) > 1, answered
+    finally:
+        for proc in servers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+    for proc in servers:
+        out = proc.communicate(timeout=20)[0].decode()
+        assert proc.returncode == 0 and out.strip().endswith("stopped"), out
+    with socket.socket() as s:  # every listener closed (TIME_WAIT connections remain)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()

@@ -5,6 +5,7 @@ asyncio as the reference. Real HTTP requests over loopback."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -111,13 +112,22 @@ def test_uvicorn_serves_requests(tmp_path, kind):
 @pytest.mark.parametrize("kind", list(LOOPS))
 def test_uvicorn_workers(tmp_path, kind):
     setting, module_prefix = LOOPS[kind]
-    proc, url = start_uvicorn(tmp_path, setting, "--workers", "2")
+    proc, url = start_uvicorn(tmp_path, setting, "--workers", "4")
     try:
         # Every worker process serves on the selected loop (which worker accepts a given
-        # connection is up to the kernel).
-        for _ in range(100):
-            r = httpx.get(url, headers={"connection": "close"})
+        # connection is up to the kernel: the workers share one listening socket).
+        pids = set()
+        with httpx.Client(headers={"connection": "close"}) as client:
+            responses = [client.get(url) for _ in range(200)]
+        for r in responses:
             assert r.status_code == 200 and r.text.startswith(module_prefix)
-            assert str(proc.pid) not in r.text  # served by a worker, not the supervisor
+            pid = int(r.text.split("pid=", 1)[1].split()[0])
+            assert pid != proc.pid  # served by a worker, not the supervisor
+            pids.add(pid)
     finally:
-        stop(proc)
+        output = stop(proc)
+    # Four worker processes started and shut down cleanly; more than one of them served.
+    workers = {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", output)}
+    assert len(workers) == 4, output
+    assert output.count("Application shutdown complete") == 4, output
+    assert pids <= workers and len(pids) > 1, (pids, workers)

@@ -24,6 +24,7 @@ from typing import Any
 from ._ferroloop import LoopCore
 from ._helpers import format_handle
 from ._net import NetworkingMixin
+from ._process import ProcessMixin
 from ._sock import SocketMixin
 
 logger = logging.getLogger("asyncio")
@@ -41,7 +42,7 @@ def _stop_when_done(fut: asyncio.Future[Any]) -> None:
     futures._get_loop(fut).stop()
 
 
-class Loop(SocketMixin, NetworkingMixin, LoopCore, asyncio.AbstractEventLoop):
+class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.AbstractEventLoop):
     """A drop-in replacement for asyncio's event loop, with a native core."""
 
     def __init__(self) -> None:
