@@ -1,9 +1,11 @@
 //! ferroloop's native module, `ferroloop._ferroloop`: registers the classes (and the
 //! hand-written fast entry points of `LoopCore`), nothing else.
 
+mod errors;
 mod event_loop;
 mod gil_cell;
 mod handles;
+mod transports;
 
 use pyo3::prelude::*;
 
@@ -14,5 +16,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::fast_call::install(py, &py.get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<transports::stream::StreamTransport>()?;
     Ok(())
 }

@@ -22,8 +22,10 @@ import selectors
 import sys
 import warnings
 import weakref
-from asyncio import base_events, selector_events, unix_events
+from asyncio import base_events, constants, selector_events, sslproto, unix_events
 from typing import Any, NamedTuple
+
+from ._transports import ReadPipeTransport, SocketTransport, WritePipeTransport
 
 # Names taken, in this order (later sources override earlier ones), from asyncio's loops.
 _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
@@ -56,7 +58,6 @@ _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
     (
         selector_events.BaseSelectorEventLoop,
         (
-            "_make_ssl_transport",
             "_make_datagram_transport",
             "_start_serving",
             "_accept_connection",
@@ -83,7 +84,6 @@ _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
             "_handle_signal",
             "_check_signal",
             "_process_self_data",
-            "_make_write_pipe_transport",
             "_make_subprocess_transport",
             "_child_watcher_callback",
         ),
@@ -95,39 +95,39 @@ _unix_add_signal_handler = unix_events._UnixSelectorEventLoop.add_signal_handler
 BORROWED_NAMES = frozenset(name for _, names in _BORROWED for name in names)
 
 
-class _SocketTransport(selector_events._SelectorSocketTransport):
-    """asyncio's socket transport, reading at most 64 KiB per recv().
-
-    asyncio reads with `sock.recv(256 KiB)`: CPython allocates a 256 KiB bytes object per
-    read and shrinks it. That is above glibc's initial 128 KiB mmap threshold, so every read
-    maps fresh pages and takes two page faults (about 18 µs of kernel time per read, measured
-    with bench/echo: 24 µs instead of 6 µs per 1 KiB request) until some 256 KiB buffer
-    happens to be freed whole (at a connection's EOF), which raises the threshold. Stock
-    asyncio has the same cost. 64 KiB stays on the heap. The native transports will read
-    into one reused buffer per loop instead (GUIDE §2.6).
-    """
-
-    max_size = 64 * 1024
+def _make_socket_transport(
+    self: Any, sock: Any, protocol: Any, waiter: Any = None, *, extra: Any = None,
+    server: Any = None,
+) -> SocketTransport:
+    return SocketTransport(self, sock, protocol, waiter, extra, server)
 
 
-class _ReadPipeTransport(unix_events._UnixReadPipeTransport):
-    """asyncio's read-pipe transport, reading at most 64 KiB per os.read(): the same page-fault
-    cost as `_SocketTransport` above otherwise (a pipe holds 64 KiB by default anyway)."""
-
-    max_size = 64 * 1024
+def _make_ssl_transport(
+    self: Any, rawsock: Any, protocol: Any, sslcontext: Any, waiter: Any = None, *,
+    server_side: bool = False, server_hostname: Any = None, extra: Any = None,
+    server: Any = None, ssl_handshake_timeout: Any = constants.SSL_HANDSHAKE_TIMEOUT,
+    ssl_shutdown_timeout: Any = constants.SSL_SHUTDOWN_TIMEOUT,
+) -> Any:
+    """asyncio's SSL wiring (an `SSLProtocol` over a plain socket transport), over ours."""
+    ssl_protocol = sslproto.SSLProtocol(
+        self, protocol, sslcontext, waiter, server_side, server_hostname,
+        ssl_handshake_timeout=ssl_handshake_timeout,
+        ssl_shutdown_timeout=ssl_shutdown_timeout,
+    )
+    SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+    return ssl_protocol._app_transport
 
 
 def _make_read_pipe_transport(
     self: Any, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None
-) -> _ReadPipeTransport:
-    return _ReadPipeTransport(self, pipe, protocol, waiter, extra)
+) -> ReadPipeTransport:
+    return ReadPipeTransport(self, pipe, protocol, waiter, extra)
 
 
-def _make_socket_transport(
-    self: Any, sock: Any, protocol: Any, waiter: Any = None, *, extra: Any = None,
-    server: Any = None,
-) -> _SocketTransport:
-    return _SocketTransport(self, sock, protocol, waiter, extra, server)
+def _make_write_pipe_transport(
+    self: Any, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None
+) -> WritePipeTransport:
+    return WritePipeTransport(self, pipe, protocol, waiter, extra)
 
 
 class _Key(NamedTuple):
@@ -242,5 +242,7 @@ for _source, _names in _BORROWED:
 del _source, _names, _name
 NetworkingMixin._make_socket_transport = _make_socket_transport  # type: ignore[attr-defined]
 NetworkingMixin._make_read_pipe_transport = _make_read_pipe_transport  # type: ignore[attr-defined]
+NetworkingMixin._make_write_pipe_transport = _make_write_pipe_transport  # type: ignore[attr-defined]
+NetworkingMixin._make_ssl_transport = _make_ssl_transport  # type: ignore[attr-defined]
 
 assert selectors.EVENT_READ == 1 and selectors.EVENT_WRITE == 2  # _fd_events encoding

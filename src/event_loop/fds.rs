@@ -85,7 +85,7 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 impl LoopCore {
     /// Sets (or with `None` clears) the watcher of one direction of `fd`, updating epoll.
     /// Returns the watcher it replaced, for the caller to cancel and drop outside any borrow.
-    pub(super) fn set_watcher(
+    pub(crate) fn set_watcher(
         &self,
         py: Python<'_>,
         fd: RawFd,
@@ -127,7 +127,7 @@ impl LoopCore {
                 }
                 drop(st);
                 drop(failed);
-                return Err(e.into());
+                return Err(crate::errors::os_error(e));
             }
         }
         Ok(old)

@@ -11,7 +11,7 @@
 //! methods), `timers`, `poller`, `clock`, `fork`.
 mod clock;
 pub mod fast_call;
-mod fds;
+pub(crate) mod fds;
 mod fork;
 mod poller;
 mod run;
@@ -159,7 +159,7 @@ impl LoopCore {
         Ok(())
     }
 
-    fn is_debug(&self) -> bool {
+    pub(crate) fn is_debug(&self) -> bool {
         self.debug.load(Ordering::Relaxed)
     }
 
@@ -215,7 +215,7 @@ impl LoopCore {
         ))
     }
 
-    fn new_handle(
+    pub(crate) fn new_handle(
         &self,
         py: Python<'_>,
         callback: Bound<'_, PyAny>,
@@ -322,6 +322,47 @@ impl LoopCore {
             .push(when, timer.clone_ref(py));
         Ok(timer)
     }
+
+    pub(crate) fn is_closed_flag(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// One `recv()` (sockets) or `read()` (pipes) of at most `max` bytes from `fd` into the
+    /// loop's reused buffer, returned as one `bytes` of the size received (empty at EOF).
+    /// The buffer is shared by every transport of the loop (GUIDE §2.6): no per-read
+    /// allocation beyond the `bytes` handed to the protocol.
+    pub(crate) fn read_to_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+        socket: bool,
+        max: usize,
+    ) -> PyResult<io::Result<Bound<'py, pyo3::types::PyBytes>>> {
+        let mut st = self.state.borrow_mut(py)?;
+        if st.recv_buffer.len() < max {
+            st.recv_buffer.resize(max, 0);
+        }
+        let buf = st.recv_buffer.as_mut_ptr().cast();
+        let got = loop {
+            // SAFETY: `buf` points to at least `max` writable bytes owned by the loop state,
+            // borrowed mutably for this whole block; recv/read write at most `max` bytes.
+            let n = unsafe {
+                if socket {
+                    libc::recv(fd, buf, max, 0)
+                } else {
+                    libc::read(fd, buf, max)
+                }
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Ok(Err(err));
+            }
+        };
+        Ok(Ok(pyo3::types::PyBytes::new(py, &st.recv_buffer[..got])))
+    }
 }
 
 #[pymethods]
@@ -389,7 +430,7 @@ impl LoopCore {
         };
         Ok(LoopCore {
             state: GilCell::new(State::default()),
-            poller: Poller::new()?,
+            poller: Poller::new().map_err(crate::errors::os_error)?,
             refs,
             closed: AtomicBool::new(false),
             debug: AtomicBool::new(false),
@@ -649,7 +690,7 @@ impl LoopCore {
         // call; recv writes at most `want` bytes and returns how many (or -1 and errno).
         let got = unsafe { libc::recv(fd, st.recv_buffer.as_mut_ptr().cast(), want, 0) };
         if got < 0 {
-            return Err(io::Error::last_os_error().into());
+            return Err(crate::errors::os_error(io::Error::last_os_error()));
         }
         Ok(pyo3::types::PyBytes::new(
             py,

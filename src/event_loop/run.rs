@@ -71,7 +71,7 @@ impl LoopCore {
             }
             Err(e) => {
                 self.state.borrow_mut(py)?.events = events;
-                Err(e.into())
+                Err(crate::errors::os_error(e))
             }
         }
     }

@@ -1,0 +1,370 @@
+"""The Python side of ferroloop's native stream transports.
+
+Each class here subclasses the asyncio transport interface it implements (so
+`isinstance(t, asyncio.Transport)` holds) and owns one native `StreamTransport` core, which
+does the per-read and per-write work (`src/transports/stream.rs`). A native class cannot
+also derive from `asyncio.BaseTransport` (its `__slots__` give it a layout of its own), hence
+the two objects. The core's hot methods (`write`, `is_closing`, `pause_reading`…) are bound
+into each transport's instance dict, so `transport.write(data)` calls native code directly,
+with no Python frame in between; the class-level definitions below are the same methods for
+code that looks them up on the class.
+
+What stays here runs once per connection or per error, as in asyncio: extra info,
+`_fatal_error`, `_call_connection_lost`, `__repr__`, `__del__`. Semantics are CPython 3.11's
+`selector_events._SelectorSocketTransport` and `unix_events._UnixReadPipeTransport` /
+`_UnixWritePipeTransport`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import warnings
+from asyncio import base_events, constants, futures, protocols, transports, trsock
+from typing import Any
+
+from ._ferroloop import StreamTransport
+
+logger = logging.getLogger("asyncio")
+
+# Core methods bound into every transport's instance dict.
+_COMMON = ("is_closing", "is_reading", "pause_reading", "resume_reading", "_force_close")
+_WRITING = (
+    "write",
+    "writelines",
+    "write_eof",
+    "can_write_eof",
+    "get_write_buffer_size",
+    "set_write_buffer_limits",
+    "get_write_buffer_limits",
+    "abort",
+)
+
+
+class _NativeStream:
+    """What the socket and pipe transports share: the core, the protocol, error paths."""
+
+    _core: Any
+    _loop: Any
+    _extra: dict[str, Any]
+    _bound: tuple[str, ...] = ()
+
+    def _start(self, loop: Any, fd: int, kind: str, protocol: Any) -> None:
+        self._loop = loop
+        core = StreamTransport(loop, self, fd, kind)
+        self._core = core
+        for name in self._bound:
+            setattr(self, name, getattr(core, name))
+        self.set_protocol(protocol)
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._core.set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
+
+    def get_protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    @property
+    def _protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    @property
+    def _closing(self) -> bool:
+        return bool(self._core._closing)
+
+    @property
+    def _conn_lost(self) -> int:
+        return int(self._core._conn_lost)
+
+    @property
+    def _paused(self) -> bool:
+        return bool(self._core._paused)
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return bool(self._core._protocol_paused)
+
+    def close(self) -> None:
+        self._core.close()
+
+    def is_closing(self) -> bool:
+        return bool(self._core.is_closing())
+
+    def is_reading(self) -> bool:
+        return bool(self._core.is_reading())
+
+    def pause_reading(self) -> None:
+        self._core.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._core.resume_reading()
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._core._force_close(exc)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._core.get_protocol(),
+                }
+            )
+        self._core._force_close(exc)
+
+    def _debug_log(self, message: str) -> None:
+        logger.debug("%r %s", self, message)
+
+    def _fd_for_repr(self) -> int | None:
+        raise NotImplementedError  # each transport says which fd it watches
+
+    def _is_closed_for_repr(self) -> bool:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        if self._is_closed_for_repr():
+            info.append("closed")
+        elif self._core._closing:
+            info.append("closing")
+        fd = self._fd_for_repr()
+        info.append(f"fd={fd}")
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and fd is not None:
+            events = loop._fd_events(fd) or 0
+            info.append("read=polling" if events & 1 else "read=idle")
+            state = "polling" if events & 2 else "idle"
+            info.append(f"write=<{state}, bufsize={self._core.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+
+class _WritingStream(_NativeStream):
+    """Class-level forms of the write methods (the instance dict holds the core's)."""
+
+    def write(self, data: Any) -> None:
+        self._core.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._core.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return bool(self._core.can_write_eof())
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._core.get_write_buffer_size())
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return tuple(self._core.get_write_buffer_limits())  # type: ignore[return-value]
+
+    def abort(self) -> None:
+        self._core.abort()
+
+
+# `_FlowControlMixin` as a base: asyncio's sendfile fallback refuses any other transport
+# (its methods are all overridden by the native ones; only its slots remain).
+class SocketTransport(_WritingStream, transports._FlowControlMixin, transports.Transport):
+    """A TCP or Unix stream socket (asyncio's `_SelectorSocketTransport`)."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _bound = _COMMON + _WRITING
+    _sock: Any = None
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: Any,
+        waiter: Any = None,
+        extra: Any = None,
+        server: Any = None,
+    ) -> None:
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._start(loop, self._sock_fd, "socket", protocol)
+        self._server = server
+        if server is not None:
+            server._attach()
+        loop._transports[self._sock_fd] = self
+        # Small writes leave at once, without waiting for the peer's ACK (as asyncio).
+        base_events._set_nodelay(sock)
+        loop.call_soon(self._core.get_protocol().connection_made, self)
+        # Reading starts once connection_made() has run.
+        loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def _make_empty_waiter(self) -> Any:
+        return self._core._make_empty_waiter()
+
+    def _reset_empty_waiter(self) -> None:
+        self._core._reset_empty_waiter()
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        if self._sock is None:
+            return
+        core = self._core
+        try:
+            if core._protocol_connected:
+                core.get_protocol().connection_lost(exc)
+        finally:
+            waiter = core._take_empty_waiter()
+            core._release()
+            self._sock.close()
+            self._sock = None
+            self._loop = None
+            server = self._server
+            if server is not None:
+                server._detach()
+                self._server = None
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+    def _fd_for_repr(self) -> int | None:
+        return self._sock_fd
+
+    def _is_closed_for_repr(self) -> bool:
+        return self._sock is None
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+
+
+def _check_pipe(pipe: Any, allowed: tuple[Any, ...], message: str) -> int:
+    fileno = pipe.fileno()
+    mode = os.fstat(fileno).st_mode
+    if not any(test(mode) for test in allowed):
+        raise ValueError(message)
+    os.set_blocking(fileno, False)
+    return int(fileno)
+
+
+class _PipeStream(_NativeStream):
+    """What both pipe transports share (asyncio's `_UnixReadPipeTransport` and
+    `_UnixWritePipeTransport`)."""
+
+    _pipe: Any = None
+    _fileno: int | None = None
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        if self._pipe is None:
+            return
+        core = self._core
+        try:
+            core.get_protocol().connection_lost(exc)
+        finally:
+            core._release()
+            self._pipe.close()
+            self._pipe = None
+            self._loop = None
+
+    def _fd_for_repr(self) -> int | None:
+        return self._fileno
+
+    def _is_closed_for_repr(self) -> bool:
+        return self._pipe is None
+
+    def _debug_log(self, message: str) -> None:
+        logger.info("%r %s", self, message)
+
+    def __repr__(self) -> str:
+        # asyncio's pipe reprs: polling state of the one direction this end uses.
+        info = [self.__class__.__name__]
+        if self._pipe is None:
+            info.append("closed")
+        elif self._core._closing:
+            info.append("closing")
+        info.append(f"fd={self._fileno}")
+        selector = getattr(self._loop, "_selector", None)
+        if self._pipe is not None and selector is not None:
+            events = self._loop._fd_events(self._fileno) or 0
+            info.append("polling" if events & self._repr_event else "idle")
+            if self._repr_event == 2:
+                info.append(f"bufsize={self._core.get_write_buffer_size()}")
+        elif self._pipe is not None:
+            info.append("open")
+        else:
+            info.append("closed")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._pipe is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._pipe.close()
+
+
+class ReadPipeTransport(_PipeStream, transports.ReadTransport):
+    """The read end of a pipe, a socket or a character device."""
+
+    _bound = _COMMON
+    _repr_event = 1  # selectors.EVENT_READ
+
+    def __init__(
+        self, loop: Any, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None
+    ) -> None:
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["pipe"] = pipe
+        self._fileno = _check_pipe(
+            pipe,
+            (stat.S_ISFIFO, stat.S_ISSOCK, stat.S_ISCHR),
+            "Pipe transport is for pipes/sockets only.",
+        )
+        self._pipe = pipe
+        self._start(loop, self._fileno, "read_pipe", protocol)
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+
+class WritePipeTransport(_WritingStream, _PipeStream, transports._FlowControlMixin,
+                         transports.WriteTransport):
+    """The write end of a pipe, a socket or a character device."""
+
+    _bound = ("is_closing", "_force_close") + _WRITING
+    _repr_event = 2  # selectors.EVENT_WRITE
+
+    def __init__(
+        self, loop: Any, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None
+    ) -> None:
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["pipe"] = pipe
+        mode = os.fstat(pipe.fileno()).st_mode
+        self._fileno = _check_pipe(
+            pipe,
+            (stat.S_ISFIFO, stat.S_ISSOCK, stat.S_ISCHR),
+            "Pipe transport is only for pipes, sockets and character devices",
+        )
+        self._pipe = pipe
+        self._start(loop, self._fileno, "write_pipe", protocol)
+        loop.call_soon(protocol.connection_made, self)
+        # A reader on the write end reports the other end going away (pipes and sockets).
+        if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+            loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)

@@ -1,0 +1,2 @@
+//! Native transports. `stream`: TCP and Unix sockets and pipes.
+pub mod stream;
