@@ -122,6 +122,49 @@ def test_read_and_write_pipes(loop):
     assert loop.run_until_complete(main()) == b"through the pipe"
 
 
+def test_bulk_transfer_through_pipe_transports(loop):
+    """32 MiB through our own write and read pipe transports, checksummed: exercises the
+    queued-write path, the bulk read path and (on ferroloop) the pipe capacity raise."""
+    import fcntl
+    import hashlib
+
+    payload = os.urandom(1 << 20) * 32
+    expected = hashlib.sha256(payload).hexdigest()
+
+    class Reader(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.digest = hashlib.sha256()
+            self.size = 0
+            self.done = asyncio.get_running_loop().create_future()
+
+        def data_received(self, data: bytes) -> None:
+            self.digest.update(data)
+            self.size += len(data)
+
+        def connection_lost(self, exc):  # type: ignore[override]
+            self.done.set_result(exc)
+
+    async def main():
+        r, w = os.pipe()
+        rfile, wfile = os.fdopen(r, "rb", 0), os.fdopen(w, "wb", 0)
+        _, reader = await loop.connect_read_pipe(Reader, rfile)
+        write_t, _ = await loop.connect_write_pipe(asyncio.Protocol, wfile)
+        view = memoryview(payload)
+        for start in range(0, len(payload), 1 << 20):
+            write_t.write(view[start:start + (1 << 20)])
+            while write_t.get_write_buffer_size() > 4 << 20:
+                await asyncio.sleep(0.001)
+        capacity = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+        write_t.close()
+        assert await asyncio.wait_for(reader.done, 30) is None
+        return reader.size, reader.digest.hexdigest(), capacity
+
+    size, digest, capacity = loop.run_until_complete(main())
+    assert (size, digest) == (len(payload), expected)
+    if type(loop).__module__.startswith("ferroloop"):
+        assert capacity == 1 << 20  # raised once the transfer proved to be bulk
+
+
 def test_regular_file_refused_as_pipe(loop):
     async def main():
         with tempfile.TemporaryFile() as f:

@@ -41,6 +41,17 @@ const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 /// Largest single read (asyncio's `max_size`); the loop's buffer is reused, so this costs
 /// no allocation per read.
 const MAX_READ: usize = 256 * 1024;
+/// A read at least this large switches the transport to reading into fresh `bytes`.
+const BULK_THRESHOLD: usize = 32 * 1024;
+/// Size of a fresh `bytes` for bulk reads: just under glibc's initial 128 KiB mmap
+/// threshold, so the allocation and the shrink after the read stay on the heap.
+const BULK_READ: usize = 128 * 1024 - 512;
+/// Linux's default pipe capacity; reads this large mean the pipe is the bottleneck.
+const DEFAULT_PIPE_CAPACITY: usize = 64 * 1024;
+/// Capacity a bulk pipe is raised to (the unprivileged maximum, `fs.pipe-max-size`).
+const BULK_PIPE_CAPACITY: libc::c_int = 1024 * 1024;
+/// Queued bytes on a write pipe that count as a bulk transfer.
+const BULK_PIPE_QUEUE: usize = 256 * 1024;
 /// At most this many queued chunks per `writev`.
 const MAX_IOVECS: usize = 64;
 
@@ -115,6 +126,12 @@ struct State {
     /// The future `loop.sendfile` waits on for the buffer to drain (asyncio's
     /// `_empty_waiter`).
     empty_waiter: Option<Py<PyAny>>,
+    /// Large reads lately: read straight into a fresh `bytes` (see `read_fresh_bytes`).
+    bulk: bool,
+    /// Consecutive reads that took a whole default-sized pipe buffer.
+    full_pipe_reads: u8,
+    /// Whether the pipe's capacity was already raised (or tried).
+    pipe_grown: bool,
 }
 
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
@@ -572,6 +589,92 @@ impl StreamTransport {
     }
 }
 
+impl StreamTransport {
+    /// Switches bulk reading on or off after a read of `n` bytes, and raises a pipe's
+    /// capacity once a transfer through it proves to be bulk.
+    fn note_read_size(&self, py: Python<'_>, n: usize) -> PyResult<()> {
+        let mut st = self.state.borrow_mut(py)?;
+        st.bulk = n >= BULK_THRESHOLD;
+        if self.kind == Kind::ReadPipe {
+            if n >= DEFAULT_PIPE_CAPACITY {
+                st.full_pipe_reads = st.full_pipe_reads.saturating_add(1);
+                if st.full_pipe_reads >= 4 {
+                    self.grow_pipe(&mut st);
+                }
+            } else {
+                st.full_pipe_reads = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises the pipe's kernel buffer from 64 KiB to 1 MiB, once. A bulk transfer through a
+    /// 64 KiB pipe costs a wake-up of each side per 64 KiB; measured on `cat`, that was
+    /// most of the parent's time. Only pipes that carry bulk data grow, so programs with
+    /// many idle pipes stay within `fs.pipe-user-pages-soft`. Failure (a socket or a
+    /// character device, or the limit reached) leaves the pipe as it was.
+    fn grow_pipe(&self, st: &mut State) {
+        if st.pipe_grown || self.kind == Kind::Socket {
+            return;
+        }
+        st.pipe_grown = true;
+        // SAFETY: fcntl on our own fd with an int argument; errors are ignored on purpose.
+        unsafe {
+            libc::fcntl(self.fd, libc::F_SETPIPE_SZ, BULK_PIPE_CAPACITY);
+        }
+    }
+}
+
+extern "C" {
+    /// CPython's `_PyBytes_Resize` (exported by every CPython 3; PyO3 does not re-export
+    /// it): shrinks a `bytes` that nothing else references yet.
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> libc::c_int;
+}
+
+/// One recv()/read() straight into a new `bytes` of `BULK_READ` bytes, shrunk to the size
+/// received. For large reads this saves copying them out of the loop's buffer; small
+/// reads use the shared buffer instead, which avoids allocating 128 KiB per read.
+fn read_fresh_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    socket: bool,
+) -> PyResult<io::Result<Bound<'_, PyBytes>>> {
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new, uninitialised bytes object
+    // of n bytes that only we reference (or NULL with an exception set). We write at most
+    // BULK_READ bytes into its buffer, then shrink it with _PyBytes_Resize, which is allowed
+    // because the object has a single reference and was never shared; on failure
+    // _PyBytes_Resize frees it and sets NULL. Every other exit path drops our reference.
+    unsafe {
+        let mut obj =
+            ffi::PyBytes_FromStringAndSize(std::ptr::null(), BULK_READ as ffi::Py_ssize_t);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let buf = ffi::PyBytes_AsString(obj).cast::<libc::c_void>();
+        let got = loop {
+            let n = if socket {
+                libc::recv(fd, buf, BULK_READ, 0)
+            } else {
+                libc::read(fd, buf, BULK_READ)
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                ffi::Py_DECREF(obj);
+                return Ok(Err(err));
+            }
+        };
+        if got < BULK_READ && _PyBytes_Resize(&mut obj, got as ffi::Py_ssize_t) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(Ok(
+            Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>()
+        ))
+    }
+}
+
 /// Drops `n` sent bytes from the front of the queue.
 fn consume(py: Python<'_>, st: &mut State, mut n: usize) {
     st.queued -= n;
@@ -665,6 +768,9 @@ impl StreamTransport {
                 high_water: 64 * 1024,
                 low_water: 16 * 1024,
                 empty_waiter: None,
+                bulk: false,
+                full_pipe_reads: 0,
+                pipe_grown: false,
             }),
         })
     }
@@ -782,16 +888,20 @@ impl StreamTransport {
         if let Some(updated) = on_updated {
             return Self::read_buffered(slf, on_data, updated);
         }
-        let data = match lp.bind(py).get().read_to_bytes(
-            py,
-            this.fd,
-            this.kind == Kind::Socket,
-            MAX_READ,
-        )? {
+        let bulk = this.state.borrow(py)?.bulk;
+        let read = if bulk {
+            read_fresh_bytes(py, this.fd, this.kind == Kind::Socket)?
+        } else {
+            lp.bind(py)
+                .get()
+                .read_to_bytes(py, this.fd, this.kind == Kind::Socket, MAX_READ)?
+        };
+        let data = match read {
             Ok(data) => data,
             Err(e) if would_block(&e) => return Ok(()),
             Err(e) => return Self::fatal(slf, os_error(e), this.kind.read_error_message()),
         };
+        this.note_read_size(py, data.as_bytes().len())?;
         if data.as_bytes().is_empty() {
             return Self::on_eof(slf);
         }
@@ -916,6 +1026,9 @@ impl StreamTransport {
             }
             st.queued += bytes.len() - offset;
             st.queue.push_back(data.unbind());
+            if this.kind == Kind::WritePipe && st.queued >= BULK_PIPE_QUEUE {
+                this.grow_pipe(&mut st);
+            }
         }
         Self::maybe_pause_protocol(slf)
     }
