@@ -435,3 +435,106 @@ def test_emfile_on_accept_pauses_and_resumes(loop_kind, tmp_path):
     cpu_while_paused = float(words[words.index("cpu_while_paused") + 1])
     assert cpu_while_paused < 0.5, f"the loop spun while accepting was paused: {cpu_while_paused}s"
     assert words[words.index("serving") + 1] == "True"
+
+
+def test_half_close_keeps_writing_and_connection_lost_once(loop):
+    """eof_received() returning true keeps the connection half-open: the server still
+    answers after the client's write_eof(); each side's connection_lost runs exactly once."""
+
+    class HalfCloser(Recorder):
+        def eof_received(self) -> bool:
+            self.eof = True
+            assert self.transport is not None
+            self.transport.write(b"reply after eof:" + bytes(self.data))
+            self.transport.close()
+            return True
+
+    async def main():
+        server_side: list[HalfCloser] = []
+
+        def factory() -> HalfCloser:
+            server_side.append(HalfCloser())
+            return server_side[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await loop.create_connection(Recorder, "127.0.0.1", port)
+        assert transport.can_write_eof()
+        transport.write(b"question")
+        transport.write_eof()
+        with pytest.raises(RuntimeError, match="write_eof"):
+            transport.write(b"more")
+        await asyncio.wait_for(client.done, 10)
+        await asyncio.wait_for(server_side[0].done, 10)
+        await asyncio.sleep(0.01)  # a second connection_lost would come by now
+        server.close()
+        await server.wait_closed()
+        return client, server_side[0]
+
+    client, served = loop.run_until_complete(main())
+    assert bytes(client.data) == b"reply after eof:question"
+    assert client.eof and served.eof
+    assert client.lost == [None] and served.lost == [None]
+
+
+def test_write_checks_and_writes_after_loss_warn(loop, caplog):
+    """write() refuses str; after the connection is lost, writes are dropped and, from the
+    fifth on, logged as asyncio logs them (abort() itself counts as the first loss)."""
+
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await loop.create_connection(Recorder, "127.0.0.1", port)
+        with pytest.raises(TypeError, match="bytes-like"):
+            transport.write("text")  # type: ignore[arg-type]
+        transport.write(bytearray(b"ok"))
+        transport.write(memoryview(b"ok"))
+        transport.abort()
+        await asyncio.wait_for(client.done, 10)
+        with caplog.at_level("WARNING", logger="asyncio"):
+            for _ in range(7):
+                transport.write(b"lost")
+        server.close()
+        await server.wait_closed()
+        return transport
+
+    transport = loop.run_until_complete(main())
+    assert transport.is_closing()
+    warnings = [r for r in caplog.records if "socket.send() raised exception." in r.message]
+    assert len(warnings) == 3  # writes 5 to 7 after the loss (abort counts as the first)
+
+
+def test_pause_reading_stops_delivery_until_resumed(loop):
+    async def main():
+        server_side: list[Recorder] = []
+
+        def factory() -> Recorder:
+            server_side.append(Recorder())
+            return server_side[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        while not server_side or server_side[0].transport is None:
+            await asyncio.sleep(0.001)
+        served = server_side[0]
+        assert served.transport is not None
+        transport.write(b"first")
+        while not served.data:
+            await asyncio.sleep(0.001)
+        served.transport.pause_reading()
+        assert not served.transport.is_reading()
+        transport.write(b"second")
+        await asyncio.sleep(0.05)
+        held = bytes(served.data)
+        served.transport.resume_reading()
+        while len(served.data) < len(b"firstsecond"):
+            await asyncio.sleep(0.001)
+        transport.close()
+        server.close()
+        await server.wait_closed()
+        return held, bytes(served.data)
+
+    held, final = loop.run_until_complete(main())
+    assert held == b"first"
+    assert final == b"firstsecond"
