@@ -538,3 +538,61 @@ def test_pause_reading_stops_delivery_until_resumed(loop):
     held, final = loop.run_until_complete(main())
     assert held == b"first"
     assert final == b"firstsecond"
+
+
+def test_many_connections_leave_no_transport_or_memory_behind(loop, rss_bytes):
+    """Soak: 3 rounds of 1,000 stream connections each (echo, then close). No transport
+    stays alive after the collector ran, and RSS does not grow
+    between the second and the third round. On ferroloop, closed transports are freed by
+    reference counting, without the cycle collector."""
+    import gc
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readexactly(64))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def one(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"x" * 64)
+        assert await reader.readexactly(64) == b"x" * 64
+        writer.close()
+        await writer.wait_closed()
+
+    async def round_(port: int) -> None:
+        for _batch in range(20):  # 20 batches of 50 concurrent connections
+            await asyncio.gather(*(one(port) for _ in range(50)))
+
+    def live_transports() -> int:
+        return sum(
+            1 for o in gc.get_objects()
+            if isinstance(o, asyncio.BaseTransport) and not isinstance(o, asyncio.Server)
+        )
+
+    async def main() -> list[int]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        rss = []
+        for _ in range(3):
+            await round_(port)
+            await asyncio.sleep(0.01)
+            rss.append(rss_bytes())
+        server.close()
+        await server.wait_closed()
+        return rss
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = live_transports()
+        rss = loop.run_until_complete(main())
+        without_collector = live_transports()
+    finally:
+        gc.enable()
+    gc.collect()
+    assert live_transports() - before <= 2  # at most a transport or two still closing
+    if type(loop).__module__.startswith("ferroloop"):
+        # Stock asyncio leaves its closed transports in cycles for the collector.
+        assert without_collector - before <= 2
+    assert rss[2] - rss[1] < 4 * 1024 * 1024, rss
