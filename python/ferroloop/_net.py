@@ -25,6 +25,7 @@ import weakref
 from asyncio import base_events, constants, selector_events, sslproto, unix_events
 from typing import Any, NamedTuple
 
+from ._datagram import DatagramTransport
 from ._transports import ReadPipeTransport, SocketTransport, WritePipeTransport
 
 # Names taken, in this order (later sources override earlier ones), from asyncio's loops.
@@ -58,7 +59,6 @@ _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
     (
         selector_events.BaseSelectorEventLoop,
         (
-            "_make_datagram_transport",
             "_start_serving",
             "_accept_connection",
             "_accept_connection2",
@@ -100,6 +100,13 @@ def _make_socket_transport(
     server: Any = None,
 ) -> SocketTransport:
     return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+
+def _make_datagram_transport(
+    self: Any, sock: Any, protocol: Any, address: Any = None, waiter: Any = None,
+    extra: Any = None,
+) -> DatagramTransport:
+    return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
 
 def _make_ssl_transport(
@@ -244,5 +251,6 @@ NetworkingMixin._make_socket_transport = _make_socket_transport  # type: ignore[
 NetworkingMixin._make_read_pipe_transport = _make_read_pipe_transport  # type: ignore[attr-defined]
 NetworkingMixin._make_write_pipe_transport = _make_write_pipe_transport  # type: ignore[attr-defined]
 NetworkingMixin._make_ssl_transport = _make_ssl_transport  # type: ignore[attr-defined]
+NetworkingMixin._make_datagram_transport = _make_datagram_transport  # type: ignore[attr-defined]
 
 assert selectors.EVENT_READ == 1 and selectors.EVENT_WRITE == 2  # _fd_events encoding

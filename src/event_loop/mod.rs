@@ -363,6 +363,48 @@ impl LoopCore {
         };
         Ok(Ok(pyo3::types::PyBytes::new(py, &st.recv_buffer[..got])))
     }
+
+    /// One `recvfrom()` of at most `max` bytes from the socket `fd` into the loop's reused
+    /// buffer (as `read_to_bytes`): the datagram as one `bytes`, and the sender's address as
+    /// the kernel wrote it into `addr` and `addrlen` (`addrlen` is 0 when there is none).
+    pub(crate) fn recvfrom_to_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+        max: usize,
+        addr: &mut libc::sockaddr_storage,
+        addrlen: &mut libc::socklen_t,
+    ) -> PyResult<io::Result<Bound<'py, pyo3::types::PyBytes>>> {
+        let mut st = self.state.borrow_mut(py)?;
+        if st.recv_buffer.len() < max {
+            st.recv_buffer.resize(max, 0);
+        }
+        let buf = st.recv_buffer.as_mut_ptr().cast();
+        let got = loop {
+            *addrlen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: `buf` points to at least `max` writable bytes owned by the loop state,
+            // borrowed mutably for this whole block; `addr` is a writable sockaddr_storage
+            // whose size `addrlen` gives. The kernel writes at most that much to each.
+            let n = unsafe {
+                libc::recvfrom(
+                    fd,
+                    buf,
+                    max,
+                    0,
+                    (addr as *mut libc::sockaddr_storage).cast(),
+                    addrlen,
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Ok(Err(err));
+            }
+        };
+        Ok(Ok(pyo3::types::PyBytes::new(py, &st.recv_buffer[..got])))
+    }
 }
 
 #[pymethods]

@@ -1,0 +1,1230 @@
+//! `DatagramTransport`: the native receive and send paths of ferroloop's datagram transport
+//! (UDP and Unix datagram sockets).
+//!
+//! Semantics are CPython 3.11's `selector_events._SelectorDatagramTransport` (with what it
+//! inherits from `_SelectorTransport`: close, abort, pause/resume reading, flow control).
+//! The Python class `ferroloop._datagram.DatagramTransport` subclasses
+//! `asyncio.DatagramTransport` and owns one of these cores; what runs once per endpoint or
+//! per error stays there (extra info, `_fatal_error`, `_call_connection_lost`, repr), what
+//! runs per datagram is here:
+//!
+//! - `recvfrom` lands in the loop's reused buffer; the datagram reaches
+//!   `datagram_received` as one `bytes`, the sender's address converted here to exactly what
+//!   `socket.recvfrom` returns (`(host, port)`, `(host, port, flowinfo, scope_id)`, a path
+//!   `str`, an abstract-namespace `bytes`, or None). The last sender's address object is
+//!   reused while the same peer keeps sending;
+//! - `sendto` tries the socket first (`send` when connected, else `sendto`); only a datagram
+//!   the kernel refuses with EAGAIN is queued (copied, as a `bytearray` may change) and sent
+//!   when the socket is writable. The destination is converted natively when it is the
+//!   address object of the last datagram received (an echo) or a numeric IPv4/IPv6 tuple;
+//!   anything else (host names, `<broadcast>`, Unix paths, other families) goes through the
+//!   socket's own `sendto`, so conversion, resolution and errors are exactly the socket
+//!   module's;
+//! - flow control calls `pause_writing`/`resume_writing` at the water marks.
+//!
+//! As in `stream.rs`, the core registers its own watcher handles with the loop and keeps
+//! them for reuse: `_read_ready` and `_sendto_ready` check that they are still registered
+//! before touching the fd.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem::{self, MaybeUninit};
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{
+    PyBlockingIOError, PyInterruptedError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
+};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyMemoryView, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use super::common::{is_exit_exception, would_block, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use crate::errors::os_error;
+use crate::event_loop::fds::Direction;
+use crate::event_loop::LoopCore;
+use crate::gil_cell::GilCell;
+use crate::handles::{new_tracked, Handle};
+
+/// Largest datagram read (asyncio's `max_size`); the loop's buffer is reused, so this costs
+/// no allocation per read.
+const MAX_SIZE: usize = 256 * 1024;
+const READ_ERROR: &str = "Fatal read error on datagram transport";
+const WRITE_ERROR: &str = "Fatal write error on datagram transport";
+
+/// A socket address in the kernel's form.
+#[derive(Clone, Copy)]
+struct SockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl SockAddr {
+    fn new() -> Self {
+        SockAddr {
+            // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+            storage: unsafe { mem::zeroed() },
+            len: 0,
+        }
+    }
+
+    fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
+    }
+
+    /// The `len` bytes the kernel reads or wrote.
+    fn as_bytes(&self) -> &[u8] {
+        let len = (self.len as usize).min(mem::size_of::<libc::sockaddr_storage>());
+        // SAFETY: the storage is `size_of::<sockaddr_storage>()` initialised bytes and `len`
+        // is clamped to that.
+        unsafe { std::slice::from_raw_parts(self.as_ptr().cast::<u8>(), len) }
+    }
+
+    /// The storage viewed as the family-specific struct `T`.
+    ///
+    /// # Safety
+    /// `T` must be one of the libc sockaddr structs (plain old data no larger than
+    /// sockaddr_storage, whose alignment covers theirs).
+    unsafe fn view<T>(&self) -> &T {
+        // SAFETY: per the contract, every bit pattern is a valid `T` and the storage is big
+        // and aligned enough.
+        unsafe { &*self.as_ptr().cast::<T>() }
+    }
+
+    /// # Safety
+    /// As `view`.
+    unsafe fn view_mut<T>(&mut self) -> &mut T {
+        // SAFETY: as `view`; the borrow of `self` is exclusive.
+        unsafe { &mut *(&mut self.storage as *mut libc::sockaddr_storage).cast::<T>() }
+    }
+}
+
+// glibc's address text conversions (the ones CPython's socket module uses); the libc crate
+// does not declare them.
+extern "C" {
+    fn inet_ntop(
+        af: libc::c_int,
+        src: *const libc::c_void,
+        dst: *mut libc::c_char,
+        size: libc::socklen_t,
+    ) -> *const libc::c_char;
+    fn inet_pton(af: libc::c_int, src: *const libc::c_char, dst: *mut libc::c_void) -> libc::c_int;
+}
+
+/// `inet_ntop` as a Python `str` (what CPython's `make_ipv4_addr`/`make_ipv6_addr` return).
+fn ntop<'py>(
+    py: Python<'py>,
+    family: libc::c_int,
+    src: *const libc::c_void,
+) -> PyResult<Bound<'py, PyString>> {
+    let mut buf = [0 as libc::c_char; 64];
+    // SAFETY: `src` points to an in_addr/in6_addr matching `family`; `buf` has room for 64
+    // bytes, more than INET6_ADDRSTRLEN (46), and inet_ntop writes a NUL-terminated string.
+    let p = unsafe { inet_ntop(family, src, buf.as_mut_ptr(), buf.len() as libc::socklen_t) };
+    if p.is_null() {
+        return Err(os_error(io::Error::last_os_error()));
+    }
+    // SAFETY: on success `buf` holds a NUL-terminated string.
+    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Ok(PyString::new(py, &text.to_string_lossy()))
+}
+
+/// What `socket.recvfrom` returns as the address for `addr` (CPython's `makesockaddr` for
+/// the families this transport converts natively).
+fn address_to_py<'py>(py: Python<'py>, addr: &SockAddr) -> PyResult<Bound<'py, PyAny>> {
+    if addr.len == 0 {
+        return Ok(py.None().into_bound(py));
+    }
+    match addr.storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (family AF_INET).
+            let sin = unsafe { addr.view::<libc::sockaddr_in>() };
+            let host = ntop(
+                py,
+                libc::AF_INET,
+                (&sin.sin_addr as *const libc::in_addr).cast(),
+            )?;
+            let port = u16::from_be(sin.sin_port);
+            Ok((host, port).into_pyobject(py)?.into_any())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 (family AF_INET6).
+            let sin6 = unsafe { addr.view::<libc::sockaddr_in6>() };
+            let host = ntop(
+                py,
+                libc::AF_INET6,
+                (&sin6.sin6_addr as *const libc::in6_addr).cast(),
+            )?;
+            let port = u16::from_be(sin6.sin6_port);
+            let flowinfo = u32::from_be(sin6.sin6_flowinfo);
+            Ok((host, port, flowinfo, sin6.sin6_scope_id)
+                .into_pyobject(py)?
+                .into_any())
+        }
+        libc::AF_UNIX => {
+            // SAFETY: the kernel wrote a sockaddr_un (family AF_UNIX).
+            let sun = unsafe { addr.view::<libc::sockaddr_un>() };
+            let offset = mem::offset_of!(libc::sockaddr_un, sun_path);
+            let n = (addr.len as usize)
+                .saturating_sub(offset)
+                .min(sun.sun_path.len());
+            // SAFETY: `sun_path` is an array of at least `n` c_char, viewed as bytes.
+            let path = unsafe { std::slice::from_raw_parts(sun.sun_path.as_ptr().cast::<u8>(), n) };
+            if path.first() == Some(&0) {
+                // Linux abstract namespace: the whole name, as bytes.
+                return Ok(PyBytes::new(py, path).into_any());
+            }
+            let end = path.iter().position(|&b| b == 0).unwrap_or(n);
+            // SAFETY: `path[..end]` is valid for reads; the result is a new reference or
+            // NULL with an exception set.
+            unsafe {
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    ffi::PyUnicode_DecodeFSDefaultAndSize(
+                        path.as_ptr().cast(),
+                        end as ffi::Py_ssize_t,
+                    ),
+                )
+            }
+        }
+        other => Err(PyValueError::new_err(format!(
+            "unexpected address family {other} from recvfrom"
+        ))),
+    }
+}
+
+/// An exact `int` in `lo..=hi`, else None.
+fn small_int(obj: &Bound<'_, PyAny>, lo: i64, hi: i64) -> Option<i64> {
+    if !obj.is_exact_instance_of::<PyInt>() {
+        return None;
+    }
+    obj.extract::<i64>().ok().filter(|v| (lo..=hi).contains(v))
+}
+
+/// The sockaddr for a numeric `(host, port)` / `(host, port[, flowinfo[, scope_id]])` tuple
+/// of plain `str` and `int`, exactly as the socket module would build it; None for anything
+/// else (host names, `""`, `<broadcast>`, scoped `%` hosts, subclasses, out-of-range
+/// numbers), which the caller leaves to `socket.sendto`.
+fn parse_inet(family: libc::c_int, addr: &Bound<'_, PyAny>) -> Option<SockAddr> {
+    let tuple = addr.cast_exact::<PyTuple>().ok()?;
+    let n = tuple.len();
+    let expected = match family {
+        libc::AF_INET => n == 2,
+        libc::AF_INET6 => (2..=4).contains(&n),
+        _ => false,
+    };
+    if !expected {
+        return None;
+    }
+    let host_obj = tuple.get_item(0).ok()?;
+    let host = host_obj.cast_exact::<PyString>().ok()?.to_str().ok()?;
+    let mut chost = [0 as libc::c_char; 64];
+    if host.len() >= chost.len() || host.bytes().any(|b| b == 0 || !b.is_ascii()) {
+        return None;
+    }
+    for (dst, src) in chost.iter_mut().zip(host.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    let port = small_int(&tuple.get_item(1).ok()?, 0, 0xffff)? as u16;
+    let mut sa = SockAddr::new();
+    if family == libc::AF_INET {
+        // SAFETY: sockaddr_in is one of the libc sockaddr structs.
+        let sin = unsafe { sa.view_mut::<libc::sockaddr_in>() };
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_port = port.to_be();
+        // SAFETY: `chost` is NUL-terminated; `sin_addr` is a writable in_addr.
+        let ok = unsafe {
+            inet_pton(
+                libc::AF_INET,
+                chost.as_ptr(),
+                (&mut sin.sin_addr as *mut libc::in_addr).cast(),
+            )
+        };
+        if ok != 1 {
+            return None;
+        }
+        sa.len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    } else {
+        let flowinfo = match n {
+            2 => 0,
+            _ => small_int(&tuple.get_item(2).ok()?, 0, 0xfffff)?,
+        };
+        let scope_id = match n {
+            4 => small_int(&tuple.get_item(3).ok()?, 0, i64::from(u32::MAX))?,
+            _ => 0,
+        };
+        // SAFETY: sockaddr_in6 is one of the libc sockaddr structs.
+        let sin6 = unsafe { sa.view_mut::<libc::sockaddr_in6>() };
+        sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sin6.sin6_port = port.to_be();
+        sin6.sin6_flowinfo = (flowinfo as u32).to_be();
+        sin6.sin6_scope_id = scope_id as u32;
+        // SAFETY: `chost` is NUL-terminated; `sin6_addr` is a writable in6_addr.
+        let ok = unsafe {
+            inet_pton(
+                libc::AF_INET6,
+                chost.as_ptr(),
+                (&mut sin6.sin6_addr as *mut libc::in6_addr).cast(),
+            )
+        };
+        if ok != 1 {
+            return None;
+        }
+        sa.len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    }
+    Some(sa)
+}
+
+/// Runs `f` on the bytes of a bytes-like object, as the socket module's `y*` argument
+/// parsing sees them (a BufferError for a non-contiguous view). `f` must not call Python.
+fn with_buffer<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(f(b.as_bytes()));
+    }
+    let py = obj.py();
+    let mut view = MaybeUninit::<ffi::Py_buffer>::uninit();
+    // SAFETY: `view` is filled by PyObject_GetBuffer on success and released below, after
+    // `f` (which calls no Python code) is done with the bytes; a simple buffer is one
+    // contiguous run of `len` readable bytes.
+    unsafe {
+        if ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let mut view = view.assume_init();
+        let bytes: &[u8] = if view.len <= 0 || view.buf.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts(view.buf.cast::<u8>(), view.len as usize)
+        };
+        let result = f(bytes);
+        ffi::PyBuffer_Release(&mut view);
+        Ok(result)
+    }
+}
+
+/// `f(a, b)` through vectorcall (with room for a bound method to prepend `self`).
+fn call_two<'py>(
+    py: Python<'py>,
+    f: &Bound<'py, PyAny>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut args = [std::ptr::null_mut(), a.as_ptr(), b.as_ptr()];
+    // SAFETY: the objects are live for the duration of the call; `args[0]` is scratch space
+    // the callee may overwrite temporarily, as PY_VECTORCALL_ARGUMENTS_OFFSET allows; the
+    // result is a new reference or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyObject_Vectorcall(
+                f.as_ptr(),
+                args.as_mut_ptr().add(1),
+                2 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+                std::ptr::null_mut(),
+            ),
+        )
+    }
+}
+
+/// The outcome of one attempt to send a datagram.
+enum Sent {
+    Done,
+    /// EAGAIN or EINTR: try again when the socket is writable.
+    WouldBlock,
+    Failed(PyErr),
+}
+
+fn io_outcome(result: io::Result<()>) -> Sent {
+    match result {
+        Ok(()) => Sent::Done,
+        Err(e) if would_block(&e) => Sent::WouldBlock,
+        Err(e) => Sent::Failed(os_error(e)),
+    }
+}
+
+struct State {
+    /// The loop (None once released).
+    event_loop: Option<Py<LoopCore>>,
+    /// The Python transport that owns this core: what protocols and handlers are given.
+    owner: Option<Py<PyAny>>,
+    /// The socket object, for what goes through the socket module (see the module doc).
+    sock: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    /// `protocol.datagram_received` (None if the protocol has none: looked up per datagram
+    /// then, so the AttributeError comes when asyncio's would).
+    on_datagram: Option<Py<PyAny>>,
+    /// asyncio's `_address`, when true: the only destination `sendto` accepts.
+    address: Option<Py<PyAny>>,
+    /// Our watcher handles, kept across pause/resume; `*_registered` says whether the loop
+    /// watches them now.
+    reader: Option<Py<Handle>>,
+    writer: Option<Py<Handle>>,
+    reader_registered: bool,
+    writer_registered: bool,
+    /// Datagrams the kernel refused for now, with their destinations.
+    queue: VecDeque<(Py<PyBytes>, Py<PyAny>)>,
+    queued: usize,
+    closing: bool,
+    paused: bool,
+    conn_lost: u32,
+    protocol_paused: bool,
+    high_water: usize,
+    low_water: usize,
+    /// The last sender address received, raw and as handed to the protocol.
+    last_peer: Option<(SockAddr, Py<PyAny>)>,
+}
+
+#[pyclass(frozen, module = "ferroloop._ferroloop")]
+pub struct DatagramTransport {
+    fd: RawFd,
+    family: libc::c_int,
+    /// Sender addresses are converted here (AF_INET, AF_INET6, AF_UNIX); sockets of other
+    /// families use the socket object's own `recvfrom`.
+    native_recv: bool,
+    /// asyncio's `self._extra['peername']` is true: send with `send()`.
+    connected: bool,
+    state: GilCell<State>,
+}
+
+impl DatagramTransport {
+    fn owner(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let st = self.state.borrow(py)?;
+        Ok(st
+            .owner
+            .as_ref()
+            .map_or_else(|| py.None(), |o| o.clone_ref(py)))
+    }
+
+    /// The sockaddr for `addr` if it can be had without the socket module.
+    fn native_sockaddr(
+        &self,
+        py: Python<'_>,
+        addr: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<SockAddr>> {
+        if let Some((raw, obj)) = self.state.borrow(py)?.last_peer.as_ref() {
+            if obj.is(addr) {
+                return Ok(Some(*raw));
+            }
+        }
+        Ok(parse_inet(self.family, addr))
+    }
+
+    /// One send attempt: `send()` when connected, else `sendto()` (natively or through the
+    /// socket module). The datagram is never partly sent.
+    fn send_one(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        addr: &Bound<'_, PyAny>,
+    ) -> PyResult<Sent> {
+        let fd = self.fd;
+        let target = if self.connected {
+            None
+        } else {
+            match self.native_sockaddr(py, addr)? {
+                Some(sa) => Some(sa),
+                None => return self.send_via_socket(py, data, addr),
+            }
+        };
+        let sent = with_buffer(data, |bytes| loop {
+            // SAFETY: `bytes` is readable for its length; `sa` (when given) is a sockaddr of
+            // `sa.len` bytes; the kernel only reads from both.
+            let n = unsafe {
+                match &target {
+                    None => libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL),
+                    Some(sa) => libc::sendto(
+                        fd,
+                        bytes.as_ptr().cast(),
+                        bytes.len(),
+                        libc::MSG_NOSIGNAL,
+                        sa.as_ptr(),
+                        sa.len,
+                    ),
+                }
+            };
+            if n >= 0 {
+                break Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                break Err(err);
+            }
+        });
+        Ok(match sent {
+            Ok(result) => io_outcome(result),
+            Err(e) => Sent::Failed(e),
+        })
+    }
+
+    /// `sock.sendto(data, addr)`: the socket module converts (or resolves) the address.
+    fn send_via_socket(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        addr: &Bound<'_, PyAny>,
+    ) -> PyResult<Sent> {
+        let sock = self
+            .state
+            .borrow(py)?
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py));
+        let Some(sock) = sock else {
+            return Ok(Sent::Failed(PyRuntimeError::new_err("transport is closed")));
+        };
+        Ok(
+            match sock
+                .bind(py)
+                .call_method1(intern!(py, "sendto"), (data, addr))
+            {
+                Ok(_) => Sent::Done,
+                Err(e)
+                    if e.is_instance_of::<PyBlockingIOError>(py)
+                        || e.is_instance_of::<PyInterruptedError>(py) =>
+                {
+                    Sent::WouldBlock
+                }
+                Err(e) => Sent::Failed(e),
+            },
+        )
+    }
+
+    /// The Python address of a received datagram's sender, reusing the last one's object
+    /// while the same peer keeps sending.
+    fn peer_object<'py>(&self, py: Python<'py>, addr: &SockAddr) -> PyResult<Bound<'py, PyAny>> {
+        if addr.len == 0 {
+            return Ok(py.None().into_bound(py));
+        }
+        if let Some((raw, obj)) = self.state.borrow(py)?.last_peer.as_ref() {
+            if raw.as_bytes() == addr.as_bytes() {
+                return Ok(obj.bind(py).clone());
+            }
+        }
+        let obj = address_to_py(py, addr)?;
+        let old = self
+            .state
+            .borrow_mut(py)?
+            .last_peer
+            .replace((*addr, obj.clone().unbind()));
+        drop(old);
+        Ok(obj)
+    }
+
+    /// Starts or stops watching one direction of the fd, reusing our handle.
+    fn watch(slf: &Bound<'_, Self>, dir: Direction, on: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (lp, current, registered) = {
+            let st = this.state.borrow(py)?;
+            let Some(lp) = st.event_loop.as_ref() else {
+                return Ok(());
+            };
+            let (h, r) = match dir {
+                Direction::Read => (&st.reader, st.reader_registered),
+                Direction::Write => (&st.writer, st.writer_registered),
+            };
+            (lp.clone_ref(py), h.as_ref().map(|h| h.clone_ref(py)), r)
+        };
+        if on == registered {
+            return Ok(());
+        }
+        let lpb = lp.bind(py).get();
+        let handle = if on {
+            if lpb.is_closed_flag() {
+                return Err(PyRuntimeError::new_err("Event loop is closed"));
+            }
+            match current {
+                Some(h) if !h.get().is_cancelled() => Some(h),
+                _ => {
+                    let name = match dir {
+                        Direction::Read => intern!(py, "_read_ready"),
+                        Direction::Write => intern!(py, "_sendto_ready"),
+                    };
+                    let cb = slf.getattr(name)?;
+                    Some(new_tracked(py, lpb.new_handle(py, cb, None, None)?)?)
+                }
+            }
+        } else {
+            None
+        };
+        let ours = handle.as_ref().map(|h| h.clone_ref(py));
+        let replaced = lpb.set_watcher(py, this.fd, dir, handle)?;
+        let is_ours = {
+            let mut guard = this.state.borrow_mut(py)?;
+            let st = &mut *guard;
+            let (slot, flag) = match dir {
+                Direction::Read => (&mut st.reader, &mut st.reader_registered),
+                Direction::Write => (&mut st.writer, &mut st.writer_registered),
+            };
+            *flag = on;
+            if let Some(h) = ours {
+                *slot = Some(h);
+            }
+            match (&replaced, slot.as_ref()) {
+                (Some(old), Some(mine)) => mine.is(old),
+                _ => true,
+            }
+        };
+        // Someone else's watcher on our fd (not expected) is cancelled as asyncio would.
+        if let (Some(old), false) = (replaced, is_ours) {
+            old.bind(py).call_method0(intern!(py, "cancel"))?;
+        }
+        Ok(())
+    }
+
+    fn debug_log(slf: &Bound<'_, Self>, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let debug = match this.state.borrow(py)?.event_loop.as_ref() {
+            Some(lp) => lp.bind(py).get().is_debug(),
+            None => false,
+        };
+        if debug {
+            this.owner(py)?
+                .bind(py)
+                .call_method1(intern!(py, "_debug_log"), (message,))?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error`, in the owner: KeyboardInterrupt and SystemExit propagate.
+    fn fatal(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_exit_exception(py, &err) {
+            return Err(err);
+        }
+        let owner = slf.get().owner(py)?;
+        owner
+            .bind(py)
+            .call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
+        Ok(())
+    }
+
+    /// `protocol.error_received(exc)`; what it raises propagates, as in asyncio.
+    fn error_received(slf: &Bound<'_, Self>, err: PyErr) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = slf
+            .get()
+            .state
+            .borrow(py)?
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py));
+        if let Some(protocol) = protocol {
+            protocol
+                .bind(py)
+                .call_method1(intern!(py, "error_received"), (err.into_value(py),))?;
+        }
+        Ok(())
+    }
+
+    /// A failed send: OSError goes to `error_received`, KeyboardInterrupt and SystemExit
+    /// propagate, anything else is fatal.
+    fn send_failed(slf: &Bound<'_, Self>, err: PyErr) -> PyResult<()> {
+        let py = slf.py();
+        if is_exit_exception(py, &err) {
+            return Err(err);
+        }
+        if err.is_instance_of::<PyOSError>(py) {
+            return Self::error_received(slf, err);
+        }
+        Self::fatal(slf, err, WRITE_ERROR)
+    }
+
+    /// Schedules `owner._call_connection_lost(exc)` with `loop.call_soon`.
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let lp = this
+            .state
+            .borrow(py)?
+            .event_loop
+            .as_ref()
+            .map(|l| l.clone_ref(py))
+            .ok_or_else(|| PyRuntimeError::new_err("transport is closed"))?;
+        let owner = this.owner(py)?;
+        let cb = owner
+            .bind(py)
+            .getattr(intern!(py, "_call_connection_lost"))?;
+        lp.bind(py)
+            .call_method1(intern!(py, "call_soon"), (cb, exc))?;
+        Ok(())
+    }
+
+    /// Calls a protocol flow-control method; failures go to the exception handler.
+    fn call_flow_control(slf: &Bound<'_, Self>, method: &Bound<'_, PyString>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (protocol, lp) = {
+            let st = this.state.borrow(py)?;
+            (
+                st.protocol.as_ref().map(|p| p.clone_ref(py)),
+                st.event_loop.as_ref().map(|l| l.clone_ref(py)),
+            )
+        };
+        let (Some(protocol), Some(lp)) = (protocol, lp) else {
+            return Ok(());
+        };
+        if let Err(err) = protocol.bind(py).call_method0(method) {
+            if is_exit_exception(py, &err) {
+                return Err(err);
+            }
+            let context = PyDict::new(py);
+            context.set_item("message", format!("protocol.{}() failed", method.to_str()?))?;
+            context.set_item("exception", err.into_value(py))?;
+            context.set_item("transport", this.owner(py)?)?;
+            context.set_item("protocol", protocol)?;
+            lp.bind(py)
+                .call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        }
+        Ok(())
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut st = slf.get().state.borrow_mut(py)?;
+            if st.queued <= st.high_water || st.protocol_paused {
+                return Ok(());
+            }
+            st.protocol_paused = true;
+        }
+        Self::call_flow_control(slf, intern!(py, "pause_writing"))
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut st = slf.get().state.borrow_mut(py)?;
+            if !(st.protocol_paused && st.queued <= st.low_water) {
+                return Ok(());
+            }
+            st.protocol_paused = false;
+        }
+        Self::call_flow_control(slf, intern!(py, "resume_writing"))
+    }
+
+    /// Drops a datagram sent after the connection was lost, warning as asyncio does.
+    fn lost_write(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let n = {
+            let mut st = slf.get().state.borrow_mut(py)?;
+            st.conn_lost += 1;
+            st.conn_lost - 1
+        };
+        if n >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+            py.import("asyncio.log")?
+                .getattr("logger")?
+                .call_method1("warning", ("socket.send() raised exception.",))?;
+        }
+        Ok(())
+    }
+
+    /// Hands a datagram to `protocol.datagram_received`; what it raises propagates.
+    fn deliver(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        addr: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let (cached, protocol) = {
+            let st = slf.get().state.borrow(py)?;
+            (
+                st.on_datagram.as_ref().map(|f| f.clone_ref(py)),
+                st.protocol.as_ref().map(|p| p.clone_ref(py)),
+            )
+        };
+        let method = match (cached, protocol) {
+            (Some(f), _) => f.into_bound(py),
+            (None, Some(p)) => p.bind(py).getattr(intern!(py, "datagram_received"))?,
+            (None, None) => return Ok(()),
+        };
+        call_two(py, &method, data, addr).map(drop)
+    }
+
+    /// `_read_ready` for sockets of other families: the socket module's `recvfrom`.
+    fn read_via_socket(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let sock = slf
+            .get()
+            .state
+            .borrow(py)?
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py));
+        let Some(sock) = sock else {
+            return Ok(());
+        };
+        let received = sock
+            .bind(py)
+            .call_method1(intern!(py, "recvfrom"), (MAX_SIZE,))
+            .and_then(|r| r.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>());
+        match received {
+            Ok((data, addr)) => Self::deliver(slf, &data, &addr),
+            Err(e)
+                if e.is_instance_of::<PyBlockingIOError>(py)
+                    || e.is_instance_of::<PyInterruptedError>(py) =>
+            {
+                Ok(())
+            }
+            Err(e) if is_exit_exception(py, &e) => Err(e),
+            Err(e) if e.is_instance_of::<PyOSError>(py) => Self::error_received(slf, e),
+            Err(e) => Self::fatal(slf, e, READ_ERROR),
+        }
+    }
+
+    /// asyncio's `_force_close`: drop queued datagrams, stop watching, schedule
+    /// connection_lost.
+    fn force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let (dropped, stop_reading) = {
+            let mut st = slf.get().state.borrow_mut(py)?;
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let dropped = mem::take(&mut st.queue);
+            st.queued = 0;
+            let stop_reading = !st.closing;
+            st.closing = true;
+            st.conn_lost += 1;
+            (dropped, stop_reading)
+        };
+        let had_queue = !dropped.is_empty();
+        drop(dropped);
+        if had_queue {
+            Self::watch(slf, Direction::Write, false)?;
+        }
+        if stop_reading {
+            Self::watch(slf, Direction::Read, false)?;
+        }
+        Self::schedule_connection_lost(slf, exc)
+    }
+}
+
+#[pymethods]
+impl DatagramTransport {
+    /// `connected`: the socket has a peer name (asyncio then uses `send()`); `address`:
+    /// asyncio's `_address` if true, else None.
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        event_loop: Bound<'_, LoopCore>,
+        owner: Py<PyAny>,
+        sock: Py<PyAny>,
+        fd: RawFd,
+        family: libc::c_int,
+        connected: bool,
+        address: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let address = address.filter(|a| !a.is_none(event_loop.py()));
+        Ok(DatagramTransport {
+            fd,
+            family,
+            native_recv: matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX),
+            connected,
+            state: GilCell::new(State {
+                event_loop: Some(event_loop.unbind()),
+                owner: Some(owner),
+                sock: Some(sock),
+                protocol: None,
+                on_datagram: None,
+                address,
+                reader: None,
+                writer: None,
+                reader_registered: false,
+                writer_registered: false,
+                queue: VecDeque::new(),
+                queued: 0,
+                closing: false,
+                paused: false,
+                conn_lost: 0,
+                protocol_paused: false,
+                high_water: 64 * 1024,
+                low_water: 16 * 1024,
+                last_peer: None,
+            }),
+        })
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(st) = self.state.borrow_for_traverse() else {
+            return Ok(());
+        };
+        visit.call(&st.event_loop)?;
+        visit.call(&st.owner)?;
+        visit.call(&st.sock)?;
+        visit.call(&st.protocol)?;
+        visit.call(&st.on_datagram)?;
+        visit.call(&st.address)?;
+        visit.call(&st.reader)?;
+        visit.call(&st.writer)?;
+        for (_, addr) in &st.queue {
+            visit.call(addr)?;
+        }
+        if let Some((_, obj)) = &st.last_peer {
+            visit.call(obj)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let dropped = match self.state.borrow_mut(py) {
+                Ok(mut st) => (
+                    st.event_loop.take(),
+                    st.owner.take(),
+                    st.sock.take(),
+                    st.protocol.take(),
+                    st.on_datagram.take(),
+                    st.address.take(),
+                    st.reader.take(),
+                    st.writer.take(),
+                    mem::take(&mut st.queue),
+                    st.last_peer.take(),
+                ),
+                Err(_) => return,
+            };
+            drop(dropped);
+        });
+    }
+
+    fn set_protocol(&self, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = protocol.py();
+        let on_datagram = protocol
+            .getattr(intern!(py, "datagram_received"))
+            .ok()
+            .map(Bound::unbind);
+        let dropped = {
+            let mut st = self.state.borrow_mut(py)?;
+            (
+                st.protocol.replace(protocol.unbind()),
+                mem::replace(&mut st.on_datagram, on_datagram),
+            )
+        };
+        drop(dropped);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let st = self.state.borrow(py)?;
+        Ok(st
+            .protocol
+            .as_ref()
+            .map_or_else(|| py.None(), |p| p.clone_ref(py)))
+    }
+
+    /// Starts watching for datagrams unless paused or closing (asyncio's deferred
+    /// `_add_reader` after `connection_made`).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let reading = {
+            let st = slf.get().state.borrow(slf.py())?;
+            !st.paused && !st.closing
+        };
+        if reading {
+            Self::watch(slf, Direction::Read, true)?;
+        }
+        Ok(())
+    }
+
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let lp = {
+            let st = this.state.borrow(py)?;
+            if st.conn_lost > 0 || !st.reader_registered {
+                return Ok(());
+            }
+            match st.event_loop.as_ref() {
+                Some(lp) => lp.clone_ref(py),
+                None => return Ok(()),
+            }
+        };
+        if !this.native_recv {
+            return Self::read_via_socket(slf);
+        }
+        let mut addr = SockAddr::new();
+        let received = lp.bind(py).get().recvfrom_to_bytes(
+            py,
+            this.fd,
+            MAX_SIZE,
+            &mut addr.storage,
+            &mut addr.len,
+        )?;
+        let data = match received {
+            Ok(data) => data,
+            Err(e) if would_block(&e) => return Ok(()),
+            Err(e) => return Self::error_received(slf, os_error(e)),
+        };
+        let peer = match this.peer_object(py, &addr) {
+            Ok(peer) => peer,
+            Err(e) => return Self::fatal(slf, e, READ_ERROR),
+        };
+        Self::deliver(slf, data.as_any(), &peer)
+    }
+
+    /// Sends queued datagrams now that the socket is writable (asyncio's `_sendto_ready`).
+    fn _sendto_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !this.state.borrow(py)?.writer_registered {
+            return Ok(());
+        }
+        loop {
+            let item = {
+                let mut st = this.state.borrow_mut(py)?;
+                let Some(item) = st.queue.pop_front() else {
+                    break;
+                };
+                st.queued -= item.0.bind(py).as_bytes().len();
+                item
+            };
+            let (data, addr) = (item.0.bind(py), item.1.bind(py));
+            match this.send_one(py, data.as_any(), addr)? {
+                Sent::Done => {}
+                Sent::WouldBlock => {
+                    let mut st = this.state.borrow_mut(py)?;
+                    st.queued += data.as_bytes().len();
+                    st.queue.push_front(item);
+                    break;
+                }
+                Sent::Failed(e) => return Self::send_failed(slf, e),
+            }
+        }
+        Self::maybe_resume_protocol(slf)?;
+        let (empty, closing) = {
+            let st = this.state.borrow(py)?;
+            (st.queue.is_empty(), st.closing)
+        };
+        if empty {
+            Self::watch(slf, Direction::Write, false)?;
+            if closing {
+                // Counted as lost (asyncio does not count it, and a later abort() or
+                // sendto() then fails on the transport's None loop or socket).
+                this.state.borrow_mut(py)?.conn_lost += 1;
+                this.owner(py)?
+                    .bind(py)
+                    .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
+            }
+        }
+        Ok(())
+    }
+
+    #[pyo3(signature = (data, addr=None))]
+    fn sendto(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let exact_bytes = data.is_exact_instance_of::<PyBytes>();
+        if !exact_bytes
+            && !data.is_instance_of::<PyBytes>()
+            && !data.is_instance_of::<PyByteArray>()
+            && !data.is_instance_of::<PyMemoryView>()
+        {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
+            )));
+        }
+        let empty = if exact_bytes {
+            data.cast::<PyBytes>()?.as_bytes().is_empty()
+        } else {
+            !data.is_truthy()?
+        };
+        if empty {
+            return Ok(());
+        }
+        let mut addr = addr.unwrap_or_else(|| py.None().into_bound(py));
+        let (address, conn_lost, released, queue_empty) = {
+            let st = this.state.borrow(py)?;
+            (
+                st.address.as_ref().map(|a| a.clone_ref(py)),
+                st.conn_lost,
+                st.event_loop.is_none(),
+                st.queue.is_empty(),
+            )
+        };
+        if let Some(address) = address {
+            let address = address.into_bound(py);
+            if !addr.is_none() && !addr.is(&address) && !address.eq(&addr)? {
+                return Err(PyValueError::new_err(format!(
+                    "Invalid address: must be None or {}",
+                    address.str()?
+                )));
+            }
+            addr = address;
+            if conn_lost > 0 {
+                return Self::lost_write(slf);
+            }
+        } else if released {
+            // The socket is closed (asyncio would fail on its `None` socket): drop the
+            // datagram with asyncio's warning rather than touch a stale fd.
+            return Self::lost_write(slf);
+        }
+        if queue_empty {
+            match this.send_one(py, data, &addr)? {
+                Sent::Done => return Ok(()),
+                Sent::WouldBlock => Self::watch(slf, Direction::Write, true)?,
+                Sent::Failed(e) => return Self::send_failed(slf, e),
+            }
+        }
+        // Queue a copy: a bytearray or the memory behind a view may change.
+        let copy = if exact_bytes {
+            data.cast::<PyBytes>()?.clone()
+        } else {
+            py.get_type::<PyBytes>()
+                .call1((data,))?
+                .cast_into::<PyBytes>()?
+        };
+        {
+            let mut st = this.state.borrow_mut(py)?;
+            st.queued += copy.as_bytes().len();
+            st.queue.push_back((copy.unbind(), addr.unbind()));
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let empty = {
+            let mut st = slf.get().state.borrow_mut(py)?;
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            let empty = st.queue.is_empty();
+            if empty {
+                st.conn_lost += 1;
+            }
+            empty
+        };
+        Self::watch(slf, Direction::Read, false)?;
+        if empty {
+            Self::watch(slf, Direction::Write, false)?;
+            Self::schedule_connection_lost(slf, py.None().into_bound(py))?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, slf.py().None().into_bound(slf.py()))
+    }
+
+    fn _force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        Self::force_close(slf, exc)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.state.borrow(py)?.closing)
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
+        let st = self.state.borrow(py)?;
+        Ok(!st.paused && !st.closing)
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut st = slf.get().state.borrow_mut(slf.py())?;
+            if st.paused || st.closing {
+                return Ok(());
+            }
+            st.paused = true;
+        }
+        Self::watch(slf, Direction::Read, false)?;
+        Self::debug_log(slf, "pauses reading")
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut st = slf.get().state.borrow_mut(slf.py())?;
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+        }
+        Self::watch(slf, Direction::Read, true)?;
+        Self::debug_log(slf, "resumes reading")
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.state.borrow(py)?.queued)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        let high = match (high, low) {
+            (Some(h), _) => h,
+            (None, None) => 64 * 1024,
+            (None, Some(l)) => 4 * l,
+        };
+        let low = low.unwrap_or(high / 4);
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut st = slf.get().state.borrow_mut(slf.py())?;
+            st.high_water = high as usize;
+            st.low_water = low as usize;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
+        let st = self.state.borrow(py)?;
+        Ok((st.low_water, st.high_water))
+    }
+
+    /// Drops every reference once `connection_lost` has run (breaks the owner cycle); the
+    /// owner closes the socket.
+    fn _release(&self, py: Python<'_>) -> PyResult<()> {
+        let dropped = {
+            let mut st = self.state.borrow_mut(py)?;
+            st.reader_registered = false;
+            st.writer_registered = false;
+            st.queued = 0;
+            (
+                st.event_loop.take(),
+                st.owner.take(),
+                st.sock.take(),
+                st.protocol.take(),
+                st.on_datagram.take(),
+                st.reader.take(),
+                st.writer.take(),
+                mem::take(&mut st.queue),
+                st.last_peer.take(),
+            )
+        };
+        drop(dropped);
+        Ok(())
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.state.borrow(py)?.closing)
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
+        Ok(self.state.borrow(py)?.conn_lost)
+    }
+
+    #[getter]
+    fn _paused(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.state.borrow(py)?.paused)
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.state.borrow(py)?.protocol_paused)
+    }
+}
