@@ -43,21 +43,24 @@ _WRITING = (
 )
 
 
-class _NativeStream:
-    """What the socket and pipe transports share: the core, the protocol, error paths."""
+class _NativeTransport:
+    """What every native transport's owner shares: the core, the protocol, error paths."""
 
-    _core: Any
+    _core: Any = None
     _loop: Any
     _extra: dict[str, Any]
     _bound: tuple[str, ...] = ()
 
-    def _start(self, loop: Any, fd: int, kind: str, protocol: Any) -> None:
+    def _attach(self, loop: Any, core: Any, protocol: Any) -> None:
+        """Takes ownership of `core` and binds its hot methods into the instance dict."""
         self._loop = loop
-        core = StreamTransport(loop, self, fd, kind)
         self._core = core
         for name in self._bound:
             setattr(self, name, getattr(core, name))
         self.set_protocol(protocol)
+
+    def _start(self, loop: Any, fd: int, kind: str, protocol: Any) -> None:
+        self._attach(loop, StreamTransport(loop, self, fd, kind), protocol)
 
     def set_protocol(self, protocol: Any) -> None:
         self._core.set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
@@ -122,21 +125,22 @@ class _NativeStream:
         logger.debug("%r %s", self, message)
 
     def _fd_for_repr(self) -> int | None:
-        raise NotImplementedError  # each transport says which fd it watches
+        return None  # each kind of transport says which fd it watches
 
     def _is_closed_for_repr(self) -> bool:
-        raise NotImplementedError
+        return self._core is None
 
     def __repr__(self) -> str:
         info = [self.__class__.__name__]
+        core = self._core
         if self._is_closed_for_repr():
             info.append("closed")
-        elif self._core._closing:
+        elif core is not None and core._closing:
             info.append("closing")
         fd = self._fd_for_repr()
         info.append(f"fd={fd}")
-        loop = self._loop
-        if loop is not None and not loop.is_closed() and fd is not None:
+        loop = getattr(self, "_loop", None)  # unset if __init__ failed early
+        if loop is not None and not loop.is_closed() and fd is not None and core is not None:
             events = loop._fd_events(fd) or 0
             info.append("read=polling" if events & 1 else "read=idle")
             state = "polling" if events & 2 else "idle"
@@ -144,20 +148,8 @@ class _NativeStream:
         return "<{}>".format(" ".join(info))
 
 
-class _WritingStream(_NativeStream):
-    """Class-level forms of the write methods (the instance dict holds the core's)."""
-
-    def write(self, data: Any) -> None:
-        self._core.write(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        self._core.writelines(list_of_data)
-
-    def write_eof(self) -> None:
-        self._core.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return bool(self._core.can_write_eof())
+class _Buffered(_NativeTransport):
+    """Class-level forms of the write-buffer methods (the instance dict holds the core's)."""
 
     def get_write_buffer_size(self) -> int:
         return int(self._core.get_write_buffer_size())
@@ -172,26 +164,29 @@ class _WritingStream(_NativeStream):
         self._core.abort()
 
 
-# `_FlowControlMixin` as a base: asyncio's sendfile fallback refuses any other transport
-# (its methods are all overridden by the native ones; only its slots remain).
-class SocketTransport(_WritingStream, transports._FlowControlMixin, transports.Transport):
-    """A TCP or Unix stream socket (asyncio's `_SelectorSocketTransport`)."""
+class _WritingStream(_Buffered):
+    """Class-level forms of the write methods (the instance dict holds the core's)."""
 
-    _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-    _bound = _COMMON + _WRITING
+    def write(self, data: Any) -> None:
+        self._core.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._core.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return bool(self._core.can_write_eof())
+
+
+class _SocketBased(_NativeTransport):
+    """Owners of a socket: extra info, repr state, the unclosed warning."""
+
     _sock: Any = None
+    _sock_fd: int | None = None
 
-    def __init__(
-        self,
-        loop: Any,
-        sock: socket.socket,
-        protocol: Any,
-        waiter: Any = None,
-        extra: Any = None,
-        server: Any = None,
-    ) -> None:
-        transports.BaseTransport.__init__(self, extra)
+    def _take_socket(self, sock: socket.socket) -> None:
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
@@ -204,7 +199,42 @@ class SocketTransport(_WritingStream, transports._FlowControlMixin, transports.T
                 self._extra["peername"] = None
         self._sock = sock
         self._sock_fd = sock.fileno()
-        self._start(loop, self._sock_fd, "socket", protocol)
+
+    def _fd_for_repr(self) -> int | None:
+        return self._sock_fd
+
+    def _is_closed_for_repr(self) -> bool:
+        return self._sock is None
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+
+
+# `_FlowControlMixin` as a base: asyncio's sendfile fallback refuses any other transport
+# (its methods are all overridden by the native ones; only its slots remain).
+class SocketTransport(
+    _WritingStream, _SocketBased, transports._FlowControlMixin, transports.Transport
+):
+    """A TCP or Unix stream socket (asyncio's `_SelectorSocketTransport`)."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _bound = _COMMON + _WRITING
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: Any,
+        waiter: Any = None,
+        extra: Any = None,
+        server: Any = None,
+    ) -> None:
+        transports.BaseTransport.__init__(self, extra)
+        self._take_socket(sock)
+        self._start(loop, sock.fileno(), "socket", protocol)
         self._server = server
         if server is not None:
             server._attach()
@@ -243,16 +273,6 @@ class SocketTransport(_WritingStream, transports._FlowControlMixin, transports.T
             if waiter is not None and not waiter.done():
                 waiter.set_exception(ConnectionError("Connection is closed by peer"))
 
-    def _fd_for_repr(self) -> int | None:
-        return self._sock_fd
-
-    def _is_closed_for_repr(self) -> bool:
-        return self._sock is None
-
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if self._sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.close()
 
 
 def _check_pipe(pipe: Any, allowed: tuple[Any, ...], message: str) -> int:
@@ -264,7 +284,7 @@ def _check_pipe(pipe: Any, allowed: tuple[Any, ...], message: str) -> int:
     return int(fileno)
 
 
-class _PipeStream(_NativeStream):
+class _PipeStream(_NativeTransport):
     """What both pipe transports share (asyncio's `_UnixReadPipeTransport` and
     `_UnixWritePipeTransport`)."""
 
@@ -295,17 +315,19 @@ class _PipeStream(_NativeStream):
     def __repr__(self) -> str:
         # asyncio's pipe reprs: polling state of the one direction this end uses.
         info = [self.__class__.__name__]
+        core = self._core
         if self._pipe is None:
             info.append("closed")
-        elif self._core._closing:
+        elif core is not None and core._closing:
             info.append("closing")
         info.append(f"fd={self._fileno}")
-        selector = getattr(self._loop, "_selector", None)
-        if self._pipe is not None and selector is not None:
-            events = self._loop._fd_events(self._fileno) or 0
+        loop = getattr(self, "_loop", None)  # unset if __init__ failed early
+        selector = getattr(loop, "_selector", None)
+        if self._pipe is not None and selector is not None and core is not None:
+            events = loop._fd_events(self._fileno) or 0
             info.append("polling" if events & self._repr_event else "idle")
             if self._repr_event == 2:
-                info.append(f"bufsize={self._core.get_write_buffer_size()}")
+                info.append(f"bufsize={core.get_write_buffer_size()}")
         elif self._pipe is not None:
             info.append("open")
         else:

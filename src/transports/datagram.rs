@@ -26,6 +26,7 @@
 //! them for reuse: `_read_ready` and `_sendto_ready` check that they are still registered
 //! before touching the fd.
 
+use std::cell::{Ref, RefMut};
 use std::collections::VecDeque;
 use std::io;
 use std::mem::{self, MaybeUninit};
@@ -37,15 +38,14 @@ use pyo3::exceptions::{
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::common::{is_exit_exception, would_block, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use super::common::{self, is_exit_exception, would_block, Link, TransportCore};
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
-use crate::handles::{new_tracked, Handle};
 
 /// Largest datagram read (asyncio's `max_size`); the loop's buffer is reused, so this costs
 /// no allocation per read.
@@ -344,33 +344,17 @@ fn io_outcome(result: io::Result<()>) -> Sent {
 }
 
 struct State {
-    /// The loop (None once released).
-    event_loop: Option<Py<LoopCore>>,
-    /// The Python transport that owns this core: what protocols and handlers are given.
-    owner: Option<Py<PyAny>>,
+    /// Loop, owner, protocol, watchers, closing and flow-control state.
+    link: Link,
     /// The socket object, for what goes through the socket module (see the module doc).
     sock: Option<Py<PyAny>>,
-    protocol: Option<Py<PyAny>>,
     /// `protocol.datagram_received` (None if the protocol has none: looked up per datagram
     /// then, so the AttributeError comes when asyncio's would).
     on_datagram: Option<Py<PyAny>>,
     /// asyncio's `_address`, when true: the only destination `sendto` accepts.
     address: Option<Py<PyAny>>,
-    /// Our watcher handles, kept across pause/resume; `*_registered` says whether the loop
-    /// watches them now.
-    reader: Option<Py<Handle>>,
-    writer: Option<Py<Handle>>,
-    reader_registered: bool,
-    writer_registered: bool,
     /// Datagrams the kernel refused for now, with their destinations.
     queue: VecDeque<(Py<PyBytes>, Py<PyAny>)>,
-    queued: usize,
-    closing: bool,
-    paused: bool,
-    conn_lost: u32,
-    protocol_paused: bool,
-    high_water: usize,
-    low_water: usize,
     /// The last sender address received, raw and as handed to the protocol.
     last_peer: Option<(SockAddr, Py<PyAny>)>,
 }
@@ -388,14 +372,6 @@ pub struct DatagramTransport {
 }
 
 impl DatagramTransport {
-    fn owner(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let st = self.state.borrow(py)?;
-        Ok(st
-            .owner
-            .as_ref()
-            .map_or_else(|| py.None(), |o| o.clone_ref(py)))
-    }
-
     /// The sockaddr for `addr` if it can be had without the socket module.
     fn native_sockaddr(
         &self,
@@ -511,96 +487,6 @@ impl DatagramTransport {
         Ok(obj)
     }
 
-    /// Starts or stops watching one direction of the fd, reusing our handle.
-    fn watch(slf: &Bound<'_, Self>, dir: Direction, on: bool) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (lp, current, registered) = {
-            let st = this.state.borrow(py)?;
-            let Some(lp) = st.event_loop.as_ref() else {
-                return Ok(());
-            };
-            let (h, r) = match dir {
-                Direction::Read => (&st.reader, st.reader_registered),
-                Direction::Write => (&st.writer, st.writer_registered),
-            };
-            (lp.clone_ref(py), h.as_ref().map(|h| h.clone_ref(py)), r)
-        };
-        if on == registered {
-            return Ok(());
-        }
-        let lpb = lp.bind(py).get();
-        let handle = if on {
-            if lpb.is_closed_flag() {
-                return Err(PyRuntimeError::new_err("Event loop is closed"));
-            }
-            match current {
-                Some(h) if !h.get().is_cancelled() => Some(h),
-                _ => {
-                    let name = match dir {
-                        Direction::Read => intern!(py, "_read_ready"),
-                        Direction::Write => intern!(py, "_sendto_ready"),
-                    };
-                    let cb = slf.getattr(name)?;
-                    Some(new_tracked(py, lpb.new_handle(py, cb, None, None)?)?)
-                }
-            }
-        } else {
-            None
-        };
-        let ours = handle.as_ref().map(|h| h.clone_ref(py));
-        let replaced = lpb.set_watcher(py, this.fd, dir, handle)?;
-        let is_ours = {
-            let mut guard = this.state.borrow_mut(py)?;
-            let st = &mut *guard;
-            let (slot, flag) = match dir {
-                Direction::Read => (&mut st.reader, &mut st.reader_registered),
-                Direction::Write => (&mut st.writer, &mut st.writer_registered),
-            };
-            *flag = on;
-            if let Some(h) = ours {
-                *slot = Some(h);
-            }
-            match (&replaced, slot.as_ref()) {
-                (Some(old), Some(mine)) => mine.is(old),
-                _ => true,
-            }
-        };
-        // Someone else's watcher on our fd (not expected) is cancelled as asyncio would.
-        if let (Some(old), false) = (replaced, is_ours) {
-            old.bind(py).call_method0(intern!(py, "cancel"))?;
-        }
-        Ok(())
-    }
-
-    fn debug_log(slf: &Bound<'_, Self>, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let debug = match this.state.borrow(py)?.event_loop.as_ref() {
-            Some(lp) => lp.bind(py).get().is_debug(),
-            None => false,
-        };
-        if debug {
-            this.owner(py)?
-                .bind(py)
-                .call_method1(intern!(py, "_debug_log"), (message,))?;
-        }
-        Ok(())
-    }
-
-    /// asyncio's `_fatal_error`, in the owner: KeyboardInterrupt and SystemExit propagate.
-    fn fatal(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        if is_exit_exception(py, &err) {
-            return Err(err);
-        }
-        let owner = slf.get().owner(py)?;
-        owner
-            .bind(py)
-            .call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
-        Ok(())
-    }
-
     /// `protocol.error_received(exc)`; what it raises propagates, as in asyncio.
     fn error_received(slf: &Bound<'_, Self>, err: PyErr) -> PyResult<()> {
         let py = slf.py();
@@ -608,6 +494,7 @@ impl DatagramTransport {
             .get()
             .state
             .borrow(py)?
+            .link
             .protocol
             .as_ref()
             .map(|p| p.clone_ref(py));
@@ -629,96 +516,7 @@ impl DatagramTransport {
         if err.is_instance_of::<PyOSError>(py) {
             return Self::error_received(slf, err);
         }
-        Self::fatal(slf, err, WRITE_ERROR)
-    }
-
-    /// Schedules `owner._call_connection_lost(exc)` with `loop.call_soon`.
-    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let lp = this
-            .state
-            .borrow(py)?
-            .event_loop
-            .as_ref()
-            .map(|l| l.clone_ref(py))
-            .ok_or_else(|| PyRuntimeError::new_err("transport is closed"))?;
-        let owner = this.owner(py)?;
-        let cb = owner
-            .bind(py)
-            .getattr(intern!(py, "_call_connection_lost"))?;
-        lp.bind(py)
-            .call_method1(intern!(py, "call_soon"), (cb, exc))?;
-        Ok(())
-    }
-
-    /// Calls a protocol flow-control method; failures go to the exception handler.
-    fn call_flow_control(slf: &Bound<'_, Self>, method: &Bound<'_, PyString>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (protocol, lp) = {
-            let st = this.state.borrow(py)?;
-            (
-                st.protocol.as_ref().map(|p| p.clone_ref(py)),
-                st.event_loop.as_ref().map(|l| l.clone_ref(py)),
-            )
-        };
-        let (Some(protocol), Some(lp)) = (protocol, lp) else {
-            return Ok(());
-        };
-        if let Err(err) = protocol.bind(py).call_method0(method) {
-            if is_exit_exception(py, &err) {
-                return Err(err);
-            }
-            let context = PyDict::new(py);
-            context.set_item("message", format!("protocol.{}() failed", method.to_str()?))?;
-            context.set_item("exception", err.into_value(py))?;
-            context.set_item("transport", this.owner(py)?)?;
-            context.set_item("protocol", protocol)?;
-            lp.bind(py)
-                .call_method1(intern!(py, "call_exception_handler"), (context,))?;
-        }
-        Ok(())
-    }
-
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut st = slf.get().state.borrow_mut(py)?;
-            if st.queued <= st.high_water || st.protocol_paused {
-                return Ok(());
-            }
-            st.protocol_paused = true;
-        }
-        Self::call_flow_control(slf, intern!(py, "pause_writing"))
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut st = slf.get().state.borrow_mut(py)?;
-            if !(st.protocol_paused && st.queued <= st.low_water) {
-                return Ok(());
-            }
-            st.protocol_paused = false;
-        }
-        Self::call_flow_control(slf, intern!(py, "resume_writing"))
-    }
-
-    /// Drops a datagram sent after the connection was lost, warning as asyncio does.
-    fn lost_write(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let n = {
-            let mut st = slf.get().state.borrow_mut(py)?;
-            st.conn_lost += 1;
-            st.conn_lost - 1
-        };
-        if n >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-            py.import("asyncio.log")?
-                .getattr("logger")?
-                .call_method1("warning", ("socket.send() raised exception.",))?;
-        }
-        Ok(())
+        common::fatal(slf, err, WRITE_ERROR)
     }
 
     /// Hands a datagram to `protocol.datagram_received`; what it raises propagates.
@@ -732,7 +530,7 @@ impl DatagramTransport {
             let st = slf.get().state.borrow(py)?;
             (
                 st.on_datagram.as_ref().map(|f| f.clone_ref(py)),
-                st.protocol.as_ref().map(|p| p.clone_ref(py)),
+                st.link.protocol.as_ref().map(|p| p.clone_ref(py)),
             )
         };
         let method = match (cached, protocol) {
@@ -770,7 +568,7 @@ impl DatagramTransport {
             }
             Err(e) if is_exit_exception(py, &e) => Err(e),
             Err(e) if e.is_instance_of::<PyOSError>(py) => Self::error_received(slf, e),
-            Err(e) => Self::fatal(slf, e, READ_ERROR),
+            Err(e) => common::fatal(slf, e, READ_ERROR),
         }
     }
 
@@ -780,25 +578,41 @@ impl DatagramTransport {
         let py = slf.py();
         let (dropped, stop_reading) = {
             let mut st = slf.get().state.borrow_mut(py)?;
-            if st.conn_lost > 0 {
+            if st.link.conn_lost > 0 {
                 return Ok(());
             }
             let dropped = mem::take(&mut st.queue);
-            st.queued = 0;
-            let stop_reading = !st.closing;
-            st.closing = true;
-            st.conn_lost += 1;
+            st.link.queued = 0;
+            let stop_reading = !st.link.closing;
+            st.link.closing = true;
+            st.link.conn_lost += 1;
             (dropped, stop_reading)
         };
         let had_queue = !dropped.is_empty();
         drop(dropped);
         if had_queue {
-            Self::watch(slf, Direction::Write, false)?;
+            common::watch(slf, Direction::Write, false)?;
         }
         if stop_reading {
-            Self::watch(slf, Direction::Read, false)?;
+            common::watch(slf, Direction::Read, false)?;
         }
-        Self::schedule_connection_lost(slf, exc)
+        common::schedule_connection_lost(slf, exc)
+    }
+}
+
+impl TransportCore for DatagramTransport {
+    const WRITE_READY: &'static str = "_sendto_ready";
+
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn link<'a>(&'a self, py: Python<'a>) -> PyResult<Ref<'a, Link>> {
+        Ok(Ref::map(self.state.borrow(py)?, |st| &st.link))
+    }
+
+    fn link_mut<'a>(&'a self, py: Python<'a>) -> PyResult<RefMut<'a, Link>> {
+        Ok(RefMut::map(self.state.borrow_mut(py)?, |st| &mut st.link))
     }
 }
 
@@ -824,24 +638,11 @@ impl DatagramTransport {
             native_recv: matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX),
             connected,
             state: GilCell::new(State {
-                event_loop: Some(event_loop.unbind()),
-                owner: Some(owner),
+                link: Link::new(event_loop.unbind(), owner),
                 sock: Some(sock),
-                protocol: None,
                 on_datagram: None,
                 address,
-                reader: None,
-                writer: None,
-                reader_registered: false,
-                writer_registered: false,
                 queue: VecDeque::new(),
-                queued: 0,
-                closing: false,
-                paused: false,
-                conn_lost: 0,
-                protocol_paused: false,
-                high_water: 64 * 1024,
-                low_water: 16 * 1024,
                 last_peer: None,
             }),
         })
@@ -851,14 +652,10 @@ impl DatagramTransport {
         let Some(st) = self.state.borrow_for_traverse() else {
             return Ok(());
         };
-        visit.call(&st.event_loop)?;
-        visit.call(&st.owner)?;
+        st.link.traverse(&visit)?;
         visit.call(&st.sock)?;
-        visit.call(&st.protocol)?;
         visit.call(&st.on_datagram)?;
         visit.call(&st.address)?;
-        visit.call(&st.reader)?;
-        visit.call(&st.writer)?;
         for (_, addr) in &st.queue {
             visit.call(addr)?;
         }
@@ -872,14 +669,10 @@ impl DatagramTransport {
         Python::attach(|py| {
             let dropped = match self.state.borrow_mut(py) {
                 Ok(mut st) => (
-                    st.event_loop.take(),
-                    st.owner.take(),
+                    st.link.take_refs(),
                     st.sock.take(),
-                    st.protocol.take(),
                     st.on_datagram.take(),
                     st.address.take(),
-                    st.reader.take(),
-                    st.writer.take(),
                     mem::take(&mut st.queue),
                     st.last_peer.take(),
                 ),
@@ -898,7 +691,7 @@ impl DatagramTransport {
         let dropped = {
             let mut st = self.state.borrow_mut(py)?;
             (
-                st.protocol.replace(protocol.unbind()),
+                st.link.protocol.replace(protocol.unbind()),
                 mem::replace(&mut st.on_datagram, on_datagram),
             )
         };
@@ -907,24 +700,13 @@ impl DatagramTransport {
     }
 
     fn get_protocol(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let st = self.state.borrow(py)?;
-        Ok(st
-            .protocol
-            .as_ref()
-            .map_or_else(|| py.None(), |p| p.clone_ref(py)))
+        common::protocol(self, py)
     }
 
     /// Starts watching for datagrams unless paused or closing (asyncio's deferred
     /// `_add_reader` after `connection_made`).
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let reading = {
-            let st = slf.get().state.borrow(slf.py())?;
-            !st.paused && !st.closing
-        };
-        if reading {
-            Self::watch(slf, Direction::Read, true)?;
-        }
-        Ok(())
+        common::start_reading(slf)
     }
 
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -932,10 +714,10 @@ impl DatagramTransport {
         let this = slf.get();
         let lp = {
             let st = this.state.borrow(py)?;
-            if st.conn_lost > 0 || !st.reader_registered {
+            if st.link.conn_lost > 0 || !st.link.reader_registered {
                 return Ok(());
             }
-            match st.event_loop.as_ref() {
+            match st.link.event_loop.as_ref() {
                 Some(lp) => lp.clone_ref(py),
                 None => return Ok(()),
             }
@@ -958,7 +740,7 @@ impl DatagramTransport {
         };
         let peer = match this.peer_object(py, &addr) {
             Ok(peer) => peer,
-            Err(e) => return Self::fatal(slf, e, READ_ERROR),
+            Err(e) => return common::fatal(slf, e, READ_ERROR),
         };
         Self::deliver(slf, data.as_any(), &peer)
     }
@@ -967,7 +749,7 @@ impl DatagramTransport {
     fn _sendto_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if !this.state.borrow(py)?.writer_registered {
+        if !this.state.borrow(py)?.link.writer_registered {
             return Ok(());
         }
         loop {
@@ -976,7 +758,7 @@ impl DatagramTransport {
                 let Some(item) = st.queue.pop_front() else {
                     break;
                 };
-                st.queued -= item.0.bind(py).as_bytes().len();
+                st.link.queued -= item.0.bind(py).as_bytes().len();
                 item
             };
             let (data, addr) = (item.0.bind(py), item.1.bind(py));
@@ -984,25 +766,25 @@ impl DatagramTransport {
                 Sent::Done => {}
                 Sent::WouldBlock => {
                     let mut st = this.state.borrow_mut(py)?;
-                    st.queued += data.as_bytes().len();
+                    st.link.queued += data.as_bytes().len();
                     st.queue.push_front(item);
                     break;
                 }
                 Sent::Failed(e) => return Self::send_failed(slf, e),
             }
         }
-        Self::maybe_resume_protocol(slf)?;
+        common::maybe_resume_protocol(slf)?;
         let (empty, closing) = {
             let st = this.state.borrow(py)?;
-            (st.queue.is_empty(), st.closing)
+            (st.queue.is_empty(), st.link.closing)
         };
         if empty {
-            Self::watch(slf, Direction::Write, false)?;
+            common::watch(slf, Direction::Write, false)?;
             if closing {
                 // Counted as lost (asyncio does not count it, and a later abort() or
                 // sendto() then fails on the transport's None loop or socket).
-                this.state.borrow_mut(py)?.conn_lost += 1;
-                this.owner(py)?
+                this.state.borrow_mut(py)?.link.conn_lost += 1;
+                common::owner(this, py)?
                     .bind(py)
                     .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
             }
@@ -1042,8 +824,8 @@ impl DatagramTransport {
             let st = this.state.borrow(py)?;
             (
                 st.address.as_ref().map(|a| a.clone_ref(py)),
-                st.conn_lost,
-                st.event_loop.is_none(),
+                st.link.conn_lost,
+                st.link.event_loop.is_none(),
                 st.queue.is_empty(),
             )
         };
@@ -1057,17 +839,17 @@ impl DatagramTransport {
             }
             addr = address;
             if conn_lost > 0 {
-                return Self::lost_write(slf);
+                return common::count_lost_write(slf, "socket.send() raised exception.");
             }
         } else if released {
             // The socket is closed (asyncio would fail on its `None` socket): drop the
             // datagram with asyncio's warning rather than touch a stale fd.
-            return Self::lost_write(slf);
+            return common::count_lost_write(slf, "socket.send() raised exception.");
         }
         if queue_empty {
             match this.send_one(py, data, &addr)? {
                 Sent::Done => return Ok(()),
-                Sent::WouldBlock => Self::watch(slf, Direction::Write, true)?,
+                Sent::WouldBlock => common::watch(slf, Direction::Write, true)?,
                 Sent::Failed(e) => return Self::send_failed(slf, e),
             }
         }
@@ -1081,30 +863,30 @@ impl DatagramTransport {
         };
         {
             let mut st = this.state.borrow_mut(py)?;
-            st.queued += copy.as_bytes().len();
+            st.link.queued += copy.as_bytes().len();
             st.queue.push_back((copy.unbind(), addr.unbind()));
         }
-        Self::maybe_pause_protocol(slf)
+        common::maybe_pause_protocol(slf)
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let empty = {
             let mut st = slf.get().state.borrow_mut(py)?;
-            if st.closing {
+            if st.link.closing {
                 return Ok(());
             }
-            st.closing = true;
+            st.link.closing = true;
             let empty = st.queue.is_empty();
             if empty {
-                st.conn_lost += 1;
+                st.link.conn_lost += 1;
             }
             empty
         };
-        Self::watch(slf, Direction::Read, false)?;
+        common::watch(slf, Direction::Read, false)?;
         if empty {
-            Self::watch(slf, Direction::Write, false)?;
-            Self::schedule_connection_lost(slf, py.None().into_bound(py))?;
+            common::watch(slf, Direction::Write, false)?;
+            common::schedule_connection_lost(slf, py.None().into_bound(py))?;
         }
         Ok(())
     }
@@ -1118,40 +900,23 @@ impl DatagramTransport {
     }
 
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.closing)
+        Ok(self.link(py)?.closing)
     }
 
     fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
-        let st = self.state.borrow(py)?;
-        Ok(!st.paused && !st.closing)
+        Ok(self.link(py)?.is_reading())
     }
 
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        {
-            let mut st = slf.get().state.borrow_mut(slf.py())?;
-            if st.paused || st.closing {
-                return Ok(());
-            }
-            st.paused = true;
-        }
-        Self::watch(slf, Direction::Read, false)?;
-        Self::debug_log(slf, "pauses reading")
+        common::pause_reading(slf)
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        {
-            let mut st = slf.get().state.borrow_mut(slf.py())?;
-            if st.closing || !st.paused {
-                return Ok(());
-            }
-            st.paused = false;
-        }
-        Self::watch(slf, Direction::Read, true)?;
-        Self::debug_log(slf, "resumes reading")
+        common::resume_reading(slf)
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(self.state.borrow(py)?.queued)
+        Ok(self.state.borrow(py)?.link.queued)
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -1160,28 +925,12 @@ impl DatagramTransport {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        let high = match (high, low) {
-            (Some(h), _) => h,
-            (None, None) => 64 * 1024,
-            (None, Some(l)) => 4 * l,
-        };
-        let low = low.unwrap_or(high / 4);
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
-        {
-            let mut st = slf.get().state.borrow_mut(slf.py())?;
-            st.high_water = high as usize;
-            st.low_water = low as usize;
-        }
-        Self::maybe_pause_protocol(slf)
+        common::set_write_buffer_limits(slf, high, low)
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
         let st = self.state.borrow(py)?;
-        Ok((st.low_water, st.high_water))
+        Ok((st.link.low_water, st.link.high_water))
     }
 
     /// Drops every reference once `connection_lost` has run (breaks the owner cycle); the
@@ -1189,17 +938,11 @@ impl DatagramTransport {
     fn _release(&self, py: Python<'_>) -> PyResult<()> {
         let dropped = {
             let mut st = self.state.borrow_mut(py)?;
-            st.reader_registered = false;
-            st.writer_registered = false;
-            st.queued = 0;
+            st.link.queued = 0;
             (
-                st.event_loop.take(),
-                st.owner.take(),
+                st.link.take_refs(),
                 st.sock.take(),
-                st.protocol.take(),
                 st.on_datagram.take(),
-                st.reader.take(),
-                st.writer.take(),
                 mem::take(&mut st.queue),
                 st.last_peer.take(),
             )
@@ -1210,21 +953,21 @@ impl DatagramTransport {
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.closing)
+        Ok(self.state.borrow(py)?.link.closing)
     }
 
     #[getter]
     fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
-        Ok(self.state.borrow(py)?.conn_lost)
+        Ok(self.state.borrow(py)?.link.conn_lost)
     }
 
     #[getter]
     fn _paused(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.paused)
+        Ok(self.state.borrow(py)?.link.paused)
     }
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.protocol_paused)
+        Ok(self.state.borrow(py)?.link.protocol_paused)
     }
 }

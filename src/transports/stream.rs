@@ -17,27 +17,24 @@
 //! watcher may run once after it was removed in the same iteration: `_read_ready` and
 //! `_write_ready` check that they are still registered before touching the fd.
 
+use std::cell::{Ref, RefMut};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{
-    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::common::{self, would_block, Link, TransportCore};
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
-use crate::handles::{new_tracked, Handle};
 
-/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 /// Largest single read (asyncio's `max_size`); the loop's buffer is reused, so this costs
 /// no allocation per read.
 const MAX_READ: usize = 256 * 1024;
@@ -96,33 +93,17 @@ impl Kind {
 }
 
 struct State {
-    /// The loop (None once released).
-    event_loop: Option<Py<LoopCore>>,
-    /// The Python transport that owns this core: what protocols and handlers are given.
-    owner: Option<Py<PyAny>>,
-    protocol: Option<Py<PyAny>>,
+    /// Loop, owner, protocol, watchers, closing and flow-control state.
+    link: Link,
     /// `protocol.data_received`, or `protocol.get_buffer` for a BufferedProtocol.
     on_data: Option<Py<PyAny>>,
     /// `protocol.buffer_updated` for a BufferedProtocol, else None.
     on_buffer_updated: Option<Py<PyAny>>,
     protocol_connected: bool,
-    /// Our watcher handles, kept across pause/resume; `*_registered` says whether the loop
-    /// watches them now.
-    reader: Option<Py<Handle>>,
-    writer: Option<Py<Handle>>,
-    reader_registered: bool,
-    writer_registered: bool,
     /// Unsent data: whole `bytes` objects, the first one sent up to `head`.
     queue: VecDeque<Py<PyBytes>>,
     head: usize,
-    queued: usize,
-    closing: bool,
     eof: bool,
-    paused: bool,
-    conn_lost: u32,
-    protocol_paused: bool,
-    high_water: usize,
-    low_water: usize,
     /// The future `loop.sendfile` waits on for the buffer to drain (asyncio's
     /// `_empty_waiter`).
     empty_waiter: Option<Py<PyAny>>,
@@ -141,10 +122,6 @@ pub struct StreamTransport {
     state: GilCell<State>,
 }
 
-fn is_exit_exception(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
-}
-
 /// `f(arg)` through the one-argument fast call.
 fn call_one<'py>(
     py: Python<'py>,
@@ -156,31 +133,7 @@ fn call_one<'py>(
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyObject_CallOneArg(f.as_ptr(), arg.as_ptr())) }
 }
 
-/// Whether a failed syscall only means "not now".
-fn would_block(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
-}
-
 impl StreamTransport {
-    fn event_loop(&self, py: Python<'_>) -> PyResult<Py<LoopCore>> {
-        let st = self.state.borrow(py)?;
-        st.event_loop
-            .as_ref()
-            .map(|l| l.clone_ref(py))
-            .ok_or_else(|| PyRuntimeError::new_err("transport is closed"))
-    }
-
-    fn owner(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let st = self.state.borrow(py)?;
-        Ok(st
-            .owner
-            .as_ref()
-            .map_or_else(|| py.None(), |o| o.clone_ref(py)))
-    }
-
     /// `send()` (sockets, without SIGPIPE) or `write()` (pipes) of `data`; EINTR retried.
     fn send(&self, data: &[u8]) -> io::Result<usize> {
         loop {
@@ -256,171 +209,6 @@ impl StreamTransport {
         Ok(())
     }
 
-    /// Starts or stops watching one direction of the fd, reusing our handle.
-    fn watch(slf: &Bound<'_, Self>, dir: Direction, on: bool) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (lp, current, registered) = {
-            let st = this.state.borrow(py)?;
-            let Some(lp) = st.event_loop.as_ref() else {
-                return Ok(());
-            };
-            let (h, r) = match dir {
-                Direction::Read => (&st.reader, st.reader_registered),
-                Direction::Write => (&st.writer, st.writer_registered),
-            };
-            (lp.clone_ref(py), h.as_ref().map(|h| h.clone_ref(py)), r)
-        };
-        if on == registered {
-            return Ok(());
-        }
-        let lpb = lp.bind(py).get();
-        let handle = if on {
-            if lpb.is_closed_flag() {
-                return Err(PyRuntimeError::new_err("Event loop is closed"));
-            }
-            match current {
-                Some(h) if !h.get().is_cancelled() => Some(h),
-                _ => {
-                    let name = match dir {
-                        Direction::Read => intern!(py, "_read_ready"),
-                        Direction::Write => intern!(py, "_write_ready"),
-                    };
-                    let cb = slf.getattr(name)?;
-                    Some(new_tracked(py, lpb.new_handle(py, cb, None, None)?)?)
-                }
-            }
-        } else {
-            None
-        };
-        let ours = handle.as_ref().map(|h| h.clone_ref(py));
-        let replaced = lpb.set_watcher(py, this.fd, dir, handle)?;
-        {
-            let mut guard = this.state.borrow_mut(py)?;
-            let st = &mut *guard;
-            let (slot, flag) = match dir {
-                Direction::Read => (&mut st.reader, &mut st.reader_registered),
-                Direction::Write => (&mut st.writer, &mut st.writer_registered),
-            };
-            *flag = on;
-            if let Some(h) = ours {
-                *slot = Some(h);
-            }
-        }
-        // Someone else's watcher on our fd (not expected) is cancelled as asyncio would.
-        if let Some(old) = replaced {
-            let mine = this.state.borrow(py)?;
-            let slot = match dir {
-                Direction::Read => &mine.reader,
-                Direction::Write => &mine.writer,
-            };
-            let is_ours = slot.as_ref().is_some_and(|h| h.is(&old));
-            drop(mine);
-            if !is_ours {
-                old.bind(py).call_method0(intern!(py, "cancel"))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn debug_log(slf: &Bound<'_, Self>, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let debug = match this.state.borrow(py)?.event_loop.as_ref() {
-            Some(lp) => lp.bind(py).get().is_debug(),
-            None => false,
-        };
-        if debug {
-            this.owner(py)?
-                .bind(py)
-                .call_method1(intern!(py, "_debug_log"), (message,))?;
-        }
-        Ok(())
-    }
-
-    /// asyncio's `_fatal_error`, in the owner: KeyboardInterrupt and SystemExit propagate.
-    fn fatal(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        if is_exit_exception(py, &err) {
-            return Err(err);
-        }
-        let owner = slf.get().owner(py)?;
-        owner
-            .bind(py)
-            .call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
-        Ok(())
-    }
-
-    /// Schedules `owner._call_connection_lost(exc)` with `loop.call_soon`.
-    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let lp = this.event_loop(py)?;
-        let owner = this.owner(py)?;
-        let cb = owner
-            .bind(py)
-            .getattr(intern!(py, "_call_connection_lost"))?;
-        lp.bind(py)
-            .call_method1(intern!(py, "call_soon"), (cb, exc))?;
-        Ok(())
-    }
-
-    /// Calls a protocol flow-control method; failures go to the exception handler.
-    fn call_flow_control(
-        slf: &Bound<'_, Self>,
-        method: &Bound<'_, pyo3::types::PyString>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (protocol, lp) = {
-            let st = this.state.borrow(py)?;
-            (
-                st.protocol.as_ref().map(|p| p.clone_ref(py)),
-                st.event_loop.as_ref().map(|l| l.clone_ref(py)),
-            )
-        };
-        let (Some(protocol), Some(lp)) = (protocol, lp) else {
-            return Ok(());
-        };
-        if let Err(err) = protocol.bind(py).call_method0(method) {
-            if is_exit_exception(py, &err) {
-                return Err(err);
-            }
-            let context = PyDict::new(py);
-            context.set_item("message", format!("protocol.{}() failed", method.to_str()?))?;
-            context.set_item("exception", err.into_value(py))?;
-            context.set_item("transport", this.owner(py)?)?;
-            context.set_item("protocol", protocol)?;
-            lp.bind(py)
-                .call_method1(intern!(py, "call_exception_handler"), (context,))?;
-        }
-        Ok(())
-    }
-
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut st = slf.get().state.borrow_mut(py)?;
-            if st.queued <= st.high_water || st.protocol_paused {
-                return Ok(());
-            }
-            st.protocol_paused = true;
-        }
-        Self::call_flow_control(slf, intern!(py, "pause_writing"))
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut st = slf.get().state.borrow_mut(py)?;
-            if !(st.protocol_paused && st.queued <= st.low_water) {
-                return Ok(());
-            }
-            st.protocol_paused = false;
-        }
-        Self::call_flow_control(slf, intern!(py, "resume_writing"))
-    }
-
     /// The `bytes` to send for a `write()` argument (bytes as is, other buffers copied, as
     /// asyncio copies them into its buffer).
     fn to_bytes<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
@@ -461,7 +249,7 @@ impl StreamTransport {
         }) {
             Ok(b) => b,
             Err(e) => {
-                return Self::fatal(slf, e, "Fatal error: protocol.get_buffer() call failed.")
+                return common::fatal(slf, e, "Fatal error: protocol.get_buffer() call failed.")
             }
         };
         let got = match recv_into(this.fd, this.kind, &buf) {
@@ -476,7 +264,7 @@ impl StreamTransport {
                     Err(ioe) => os_error(ioe),
                     Ok(pyerr) => pyerr,
                 };
-                return Self::fatal(slf, err, this.kind.read_error_message());
+                return common::fatal(slf, err, this.kind.read_error_message());
             }
         };
         if got == 0 {
@@ -484,7 +272,7 @@ impl StreamTransport {
         }
         let n = got.into_pyobject(py)?.into_any();
         if let Err(e) = call_one(py, &updated, &n) {
-            return Self::fatal(
+            return common::fatal(
                 slf,
                 e,
                 "Fatal error: protocol.buffer_updated() call failed.",
@@ -498,26 +286,27 @@ impl StreamTransport {
         let this = slf.get();
         if this.kind == Kind::ReadPipe {
             // _UnixReadPipeTransport: EOF closes the transport; eof_received is a callback.
-            Self::debug_log(slf, "was closed by peer")?;
+            common::debug_log(slf, "was closed by peer")?;
             let (lp, protocol) = {
                 let mut st = this.state.borrow_mut(py)?;
-                st.closing = true;
+                st.link.closing = true;
                 (
-                    st.event_loop.as_ref().map(|l| l.clone_ref(py)),
-                    st.protocol.as_ref().map(|p| p.clone_ref(py)),
+                    st.link.event_loop.as_ref().map(|l| l.clone_ref(py)),
+                    st.link.protocol.as_ref().map(|p| p.clone_ref(py)),
                 )
             };
-            Self::watch(slf, Direction::Read, false)?;
+            common::watch(slf, Direction::Read, false)?;
             if let (Some(lp), Some(protocol)) = (lp, protocol) {
                 let cb = protocol.bind(py).getattr(intern!(py, "eof_received"))?;
                 lp.bind(py).call_method1(intern!(py, "call_soon"), (cb,))?;
             }
-            return Self::schedule_connection_lost(slf, py.None().into_bound(py));
+            return common::schedule_connection_lost(slf, py.None().into_bound(py));
         }
-        Self::debug_log(slf, "received EOF")?;
+        common::debug_log(slf, "received EOF")?;
         let protocol = this
             .state
             .borrow(py)?
+            .link
             .protocol
             .as_ref()
             .map(|p| p.clone_ref(py));
@@ -531,12 +320,12 @@ impl StreamTransport {
         {
             Ok(k) => k,
             Err(e) => {
-                return Self::fatal(slf, e, "Fatal error: protocol.eof_received() call failed.")
+                return common::fatal(slf, e, "Fatal error: protocol.eof_received() call failed.")
             }
         };
         if keep_open {
             // The protocol may still write, but nothing more will be received.
-            Self::watch(slf, Direction::Read, false)
+            common::watch(slf, Direction::Read, false)
         } else {
             Self::close(slf)
         }
@@ -548,44 +337,23 @@ impl StreamTransport {
         let this = slf.get();
         let (dropped, stop_reading) = {
             let mut st = this.state.borrow_mut(py)?;
-            if st.conn_lost > 0 {
+            if st.link.conn_lost > 0 {
                 return Ok(());
             }
             let dropped = std::mem::take(&mut st.queue);
             st.head = 0;
-            st.queued = 0;
-            let stop_reading = !st.closing;
-            st.closing = true;
-            st.conn_lost += 1;
+            st.link.queued = 0;
+            let stop_reading = !st.link.closing;
+            st.link.closing = true;
+            st.link.conn_lost += 1;
             (dropped, stop_reading)
         };
         drop(dropped);
-        Self::watch(slf, Direction::Write, false)?;
+        common::watch(slf, Direction::Write, false)?;
         if stop_reading || this.kind == Kind::WritePipe {
-            Self::watch(slf, Direction::Read, false)?;
+            common::watch(slf, Direction::Read, false)?;
         }
-        Self::schedule_connection_lost(slf, exc)
-    }
-
-    /// Drops `write()` data once the connection is lost, warning as asyncio does.
-    fn count_lost_write(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let n = {
-            let mut st = this.state.borrow_mut(py)?;
-            st.conn_lost += 1;
-            st.conn_lost - 1
-        };
-        if n >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-            let message = match this.kind {
-                Kind::Socket => "socket.send() raised exception.",
-                _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
-            };
-            py.import("asyncio.log")?
-                .getattr("logger")?
-                .call_method1("warning", (message,))?;
-        }
-        Ok(())
+        common::schedule_connection_lost(slf, exc)
     }
 }
 
@@ -677,7 +445,7 @@ fn read_fresh_bytes(
 
 /// Drops `n` sent bytes from the front of the queue.
 fn consume(py: Python<'_>, st: &mut State, mut n: usize) {
-    st.queued -= n;
+    st.link.queued -= n;
     while n > 0 {
         let Some(front) = st.queue.front() else { break };
         let left = front.as_bytes(py).len() - st.head;
@@ -734,6 +502,22 @@ fn recv_into(
     }
 }
 
+impl TransportCore for StreamTransport {
+    const WRITE_READY: &'static str = "_write_ready";
+
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn link<'a>(&'a self, py: Python<'a>) -> PyResult<Ref<'a, Link>> {
+        Ok(Ref::map(self.state.borrow(py)?, |st| &st.link))
+    }
+
+    fn link_mut<'a>(&'a self, py: Python<'a>) -> PyResult<RefMut<'a, Link>> {
+        Ok(RefMut::map(self.state.borrow_mut(py)?, |st| &mut st.link))
+    }
+}
+
 #[pymethods]
 impl StreamTransport {
     #[new]
@@ -747,26 +531,13 @@ impl StreamTransport {
             fd,
             kind: Kind::parse(kind)?,
             state: GilCell::new(State {
-                event_loop: Some(event_loop.unbind()),
-                owner: Some(owner),
-                protocol: None,
+                link: Link::new(event_loop.unbind(), owner),
                 on_data: None,
                 on_buffer_updated: None,
                 protocol_connected: false,
-                reader: None,
-                writer: None,
-                reader_registered: false,
-                writer_registered: false,
                 queue: VecDeque::new(),
                 head: 0,
-                queued: 0,
-                closing: false,
                 eof: false,
-                paused: false,
-                conn_lost: 0,
-                protocol_paused: false,
-                high_water: 64 * 1024,
-                low_water: 16 * 1024,
                 empty_waiter: None,
                 bulk: false,
                 full_pipe_reads: 0,
@@ -779,13 +550,9 @@ impl StreamTransport {
         let Some(st) = self.state.borrow_for_traverse() else {
             return Ok(());
         };
-        visit.call(&st.event_loop)?;
-        visit.call(&st.owner)?;
-        visit.call(&st.protocol)?;
+        st.link.traverse(&visit)?;
         visit.call(&st.on_data)?;
         visit.call(&st.on_buffer_updated)?;
-        visit.call(&st.reader)?;
-        visit.call(&st.writer)?;
         visit.call(&st.empty_waiter)?;
         Ok(())
     }
@@ -794,13 +561,9 @@ impl StreamTransport {
         Python::attach(|py| {
             let dropped = match self.state.borrow_mut(py) {
                 Ok(mut st) => (
-                    st.event_loop.take(),
-                    st.owner.take(),
-                    st.protocol.take(),
+                    st.link.take_refs(),
                     st.on_data.take(),
                     st.on_buffer_updated.take(),
-                    st.reader.take(),
-                    st.writer.take(),
                     st.empty_waiter.take(),
                 ),
                 Err(_) => return,
@@ -826,7 +589,7 @@ impl StreamTransport {
             let mut st = self.state.borrow_mut(py)?;
             st.protocol_connected = true;
             (
-                st.protocol.replace(protocol.unbind()),
+                st.link.protocol.replace(protocol.unbind()),
                 st.on_data.replace(on_data.unbind()),
                 std::mem::replace(&mut st.on_buffer_updated, on_updated),
             )
@@ -836,24 +599,14 @@ impl StreamTransport {
     }
 
     fn get_protocol(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let st = self.state.borrow(py)?;
-        Ok(st
-            .protocol
-            .as_ref()
-            .map_or_else(|| py.None(), |p| p.clone_ref(py)))
+        common::protocol(self, py)
     }
 
     /// Starts watching the fd for reading unless paused or closing (asyncio's deferred
     /// `_add_reader` after `connection_made`). The write-pipe transport watches for the
     /// other end closing.
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let st = slf.get().state.borrow(slf.py())?;
-        let reading = !st.paused && !st.closing;
-        drop(st);
-        if reading {
-            Self::watch(slf, Direction::Read, true)?;
-        }
-        Ok(())
+        common::start_reading(slf)
     }
 
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -861,10 +614,11 @@ impl StreamTransport {
         let this = slf.get();
         let (lp, on_data, on_updated) = {
             let st = this.state.borrow(py)?;
-            if st.conn_lost > 0 || !st.reader_registered {
+            if st.link.conn_lost > 0 || !st.link.reader_registered {
                 return Ok(());
             }
-            let (Some(lp), Some(on_data)) = (st.event_loop.as_ref(), st.on_data.as_ref()) else {
+            let (Some(lp), Some(on_data)) = (st.link.event_loop.as_ref(), st.on_data.as_ref())
+            else {
                 return Ok(());
             };
             (
@@ -875,8 +629,8 @@ impl StreamTransport {
         };
         if this.kind == Kind::WritePipe {
             // The reader of a write pipe only fires when the other end went away.
-            Self::debug_log(slf, "was closed by peer")?;
-            let had_data = this.state.borrow(py)?.queued > 0;
+            common::debug_log(slf, "was closed by peer")?;
+            let had_data = this.state.borrow(py)?.link.queued > 0;
             let exc = if had_data {
                 py.get_type::<pyo3::exceptions::PyBrokenPipeError>()
                     .call0()?
@@ -899,7 +653,7 @@ impl StreamTransport {
         let data = match read {
             Ok(data) => data,
             Err(e) if would_block(&e) => return Ok(()),
-            Err(e) => return Self::fatal(slf, os_error(e), this.kind.read_error_message()),
+            Err(e) => return common::fatal(slf, os_error(e), this.kind.read_error_message()),
         };
         this.note_read_size(py, data.as_bytes().len())?;
         if data.as_bytes().is_empty() {
@@ -910,7 +664,7 @@ impl StreamTransport {
                 // asyncio's pipe transport lets the loop report it and reads on.
                 return Err(e);
             }
-            return Self::fatal(slf, e, "Fatal error: protocol.data_received() call failed.");
+            return common::fatal(slf, e, "Fatal error: protocol.data_received() call failed.");
         }
         Ok(())
     }
@@ -920,7 +674,7 @@ impl StreamTransport {
         let this = slf.get();
         let result = {
             let mut st = this.state.borrow_mut(py)?;
-            if st.conn_lost > 0 || !st.writer_registered || st.queue.is_empty() {
+            if st.link.conn_lost > 0 || !st.link.writer_registered || st.queue.is_empty() {
                 return Ok(());
             }
             this.flush(py, &mut st)
@@ -929,37 +683,37 @@ impl StreamTransport {
             let (dropped, waiter) = {
                 let mut st = this.state.borrow_mut(py)?;
                 st.head = 0;
-                st.queued = 0;
+                st.link.queued = 0;
                 (
                     std::mem::take(&mut st.queue),
                     st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
                 )
             };
             drop(dropped);
-            Self::watch(slf, Direction::Write, false)?;
+            common::watch(slf, Direction::Write, false)?;
             let err = os_error(e);
             let value = err.value(py).clone();
-            Self::fatal(slf, err, this.kind.write_error_message())?;
+            common::fatal(slf, err, this.kind.write_error_message())?;
             if let Some(w) = waiter {
                 w.bind(py)
                     .call_method1(intern!(py, "set_exception"), (value,))?;
             }
             return Ok(());
         }
-        Self::maybe_resume_protocol(slf)?;
+        common::maybe_resume_protocol(slf)?;
         let (empty, waiter, closing, eof) = {
             let st = this.state.borrow(py)?;
             (
                 st.queue.is_empty(),
                 st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
-                st.closing,
+                st.link.closing,
                 st.eof,
             )
         };
         if !empty {
             return Ok(());
         }
-        Self::watch(slf, Direction::Write, false)?;
+        common::watch(slf, Direction::Write, false)?;
         if let Some(w) = waiter {
             let w = w.bind(py);
             if !w.call_method0(intern!(py, "done"))?.is_truthy()? {
@@ -968,9 +722,9 @@ impl StreamTransport {
         }
         if closing {
             if this.kind == Kind::WritePipe {
-                Self::watch(slf, Direction::Read, false)?;
+                common::watch(slf, Direction::Read, false)?;
             }
-            let owner = this.owner(py)?;
+            let owner = common::owner(this, py)?;
             owner
                 .bind(py)
                 .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
@@ -1003,10 +757,16 @@ impl StreamTransport {
             if bytes.is_empty() {
                 return Ok(());
             }
-            let lost = st.conn_lost > 0 || (this.kind == Kind::WritePipe && st.closing);
+            let lost = st.link.conn_lost > 0 || (this.kind == Kind::WritePipe && st.link.closing);
             drop(st);
             if lost {
-                return Self::count_lost_write(slf);
+                return common::count_lost_write(
+                    slf,
+                    match this.kind {
+                        Kind::Socket => "socket.send() raised exception.",
+                        _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
+                    },
+                );
             }
         }
         let mut offset = 0;
@@ -1015,22 +775,22 @@ impl StreamTransport {
                 Ok(n) if n == bytes.len() => return Ok(()),
                 Ok(n) => offset = n,
                 Err(e) if would_block(&e) => {}
-                Err(e) => return Self::fatal(slf, os_error(e), this.kind.write_error_message()),
+                Err(e) => return common::fatal(slf, os_error(e), this.kind.write_error_message()),
             }
-            Self::watch(slf, Direction::Write, true)?;
+            common::watch(slf, Direction::Write, true)?;
         }
         {
             let mut st = this.state.borrow_mut(py)?;
             if st.queue.is_empty() {
                 st.head = offset;
             }
-            st.queued += bytes.len() - offset;
+            st.link.queued += bytes.len() - offset;
             st.queue.push_back(data.unbind());
-            if this.kind == Kind::WritePipe && st.queued >= BULK_PIPE_QUEUE {
+            if this.kind == Kind::WritePipe && st.link.queued >= BULK_PIPE_QUEUE {
                 this.grow_pipe(&mut st);
             }
         }
-        Self::maybe_pause_protocol(slf)
+        common::maybe_pause_protocol(slf)
     }
 
     /// `b"".join(list_of_data)` then `write()`, as asyncio 3.11's `writelines`.
@@ -1051,21 +811,21 @@ impl StreamTransport {
             // A pipe has no half-close: write_eof closes once the buffer is sent.
             let empty = {
                 let mut st = this.state.borrow_mut(py)?;
-                if st.closing {
+                if st.link.closing {
                     return Ok(());
                 }
-                st.closing = true;
+                st.link.closing = true;
                 st.queue.is_empty()
             };
             if empty {
-                Self::watch(slf, Direction::Read, false)?;
-                Self::schedule_connection_lost(slf, py.None().into_bound(py))?;
+                common::watch(slf, Direction::Read, false)?;
+                common::schedule_connection_lost(slf, py.None().into_bound(py))?;
             }
             return Ok(());
         }
         let empty = {
             let mut st = this.state.borrow_mut(py)?;
-            if st.closing || st.eof {
+            if st.link.closing || st.eof {
                 return Ok(());
             }
             st.eof = true;
@@ -1088,20 +848,20 @@ impl StreamTransport {
         }
         let empty = {
             let mut st = this.state.borrow_mut(py)?;
-            if st.closing {
+            if st.link.closing {
                 return Ok(());
             }
-            st.closing = true;
+            st.link.closing = true;
             let empty = st.queue.is_empty();
             if empty {
-                st.conn_lost += 1;
+                st.link.conn_lost += 1;
             }
             empty
         };
-        Self::watch(slf, Direction::Read, false)?;
+        common::watch(slf, Direction::Read, false)?;
         if empty {
-            Self::watch(slf, Direction::Write, false)?;
-            Self::schedule_connection_lost(slf, py.None().into_bound(py))?;
+            common::watch(slf, Direction::Write, false)?;
+            common::schedule_connection_lost(slf, py.None().into_bound(py))?;
         }
         Ok(())
     }
@@ -1115,40 +875,23 @@ impl StreamTransport {
     }
 
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.closing)
+        Ok(self.link(py)?.closing)
     }
 
     fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
-        let st = self.state.borrow(py)?;
-        Ok(!st.paused && !st.closing)
+        Ok(self.link(py)?.is_reading())
     }
 
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        {
-            let mut st = slf.get().state.borrow_mut(slf.py())?;
-            if st.paused || st.closing {
-                return Ok(());
-            }
-            st.paused = true;
-        }
-        Self::watch(slf, Direction::Read, false)?;
-        Self::debug_log(slf, "pauses reading")
+        common::pause_reading(slf)
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        {
-            let mut st = slf.get().state.borrow_mut(slf.py())?;
-            if st.closing || !st.paused {
-                return Ok(());
-            }
-            st.paused = false;
-        }
-        Self::watch(slf, Direction::Read, true)?;
-        Self::debug_log(slf, "resumes reading")
+        common::resume_reading(slf)
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(self.state.borrow(py)?.queued)
+        Ok(self.state.borrow(py)?.link.queued)
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -1157,33 +900,17 @@ impl StreamTransport {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        let high = match (high, low) {
-            (Some(h), _) => h,
-            (None, None) => 64 * 1024,
-            (None, Some(l)) => 4 * l,
-        };
-        let low = low.unwrap_or(high / 4);
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
-        {
-            let mut st = slf.get().state.borrow_mut(slf.py())?;
-            st.high_water = high as usize;
-            st.low_water = low as usize;
-        }
-        Self::maybe_pause_protocol(slf)
+        common::set_write_buffer_limits(slf, high, low)
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
         let st = self.state.borrow(py)?;
-        Ok((st.low_water, st.high_water))
+        Ok((st.link.low_water, st.link.high_water))
     }
 
     /// asyncio's `_make_empty_waiter` (for `loop.sendfile`).
     fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let lp = self.event_loop(py)?;
+        let lp = common::event_loop(self, py)?;
         if self.state.borrow(py)?.empty_waiter.is_some() {
             return Err(PyRuntimeError::new_err("Empty waiter is already set"));
         }
@@ -1214,16 +941,10 @@ impl StreamTransport {
     fn _release(&self, py: Python<'_>) -> PyResult<()> {
         let dropped = {
             let mut st = self.state.borrow_mut(py)?;
-            st.reader_registered = false;
-            st.writer_registered = false;
             (
-                st.event_loop.take(),
-                st.owner.take(),
-                st.protocol.take(),
+                st.link.take_refs(),
                 st.on_data.take(),
                 st.on_buffer_updated.take(),
-                st.reader.take(),
-                st.writer.take(),
                 std::mem::take(&mut st.queue),
             )
         };
@@ -1238,22 +959,22 @@ impl StreamTransport {
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.protocol_paused)
+        Ok(self.state.borrow(py)?.link.protocol_paused)
     }
 
     #[getter]
     fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
-        Ok(self.state.borrow(py)?.conn_lost)
+        Ok(self.state.borrow(py)?.link.conn_lost)
     }
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.closing)
+        Ok(self.state.borrow(py)?.link.closing)
     }
 
     #[getter]
     fn _paused(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.paused)
+        Ok(self.state.borrow(py)?.link.paused)
     }
 
     #[getter]
