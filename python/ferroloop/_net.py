@@ -1,19 +1,17 @@
-"""Interim networking, pipes, subprocesses and signals for `ferroloop.Loop`: asyncio's own
-orchestration and Python transports, running on ferroloop's native loop.
+"""Networking, pipes, subprocesses and signals for `ferroloop.Loop`: asyncio's own
+orchestration over ferroloop's native transports.
 
 `create_connection`, `create_server`, `create_unix_*`, `create_datagram_endpoint`,
-`connect_accepted_socket`, `start_tls`, `sendfile` and `sock_sendfile` are CPython's own
-implementations (from `base_events`, `selector_events` and `unix_events` of the running
-interpreter), bound to our loop; the transports they create are asyncio's
-`_SelectorSocketTransport` / `_SelectorDatagramTransport`, whose readiness callbacks are driven
-by our native fd watchers. So the semantics are exactly asyncio's (happy eyeballs, SSL through
-`sslproto`, servers, flow control, half-close), and what this module adds is the small
-surface those classes expect from a selector loop.
-
-This is a baseline, not the destination: GUIDE §2 wants native transports (read and write
-paths in Rust), which the networking milestone will put behind `_make_socket_transport`
-and `_make_datagram_transport` without changing anything above them. The borrowed names are
-CPython 3.11's; `tests/conformance` runs CPython's networking tests against this layer.
+`connect_accepted_socket`, `start_tls`, `sendfile`, `sock_sendfile`, `connect_*_pipe`,
+`subprocess_*` and the signal methods are CPython's own implementations (from `base_events`,
+`selector_events` and `unix_events` of the running interpreter), bound to our loop: their
+logic (happy eyeballs, servers, SSL wiring through `sslproto`, sendfile's fallback, argument
+checks) runs once per connection and is intricate, so it stays asyncio's (GUIDE §2.1). The
+transports they make come from the `_make_*_transport` hooks below, which return ferroloop's
+native transports (`_transports.py`, `_datagram.py`), and this module adds the small surface
+asyncio's code expects from a selector loop (`_transports`, a `_selector` view, the
+watcher methods). Child watching is `_process.py`'s. The borrowed names are CPython 3.11's;
+`tests/conformance` runs CPython's networking tests against this layer.
 """
 
 from __future__ import annotations
