@@ -596,3 +596,47 @@ def test_many_connections_leave_no_transport_or_memory_behind(loop, rss_bytes):
         # Stock asyncio leaves its closed transports in cycles for the collector.
         assert without_collector - before <= 2
     assert rss[2] - rss[1] < 4 * 1024 * 1024, rss
+
+
+def test_buffered_protocol_with_unusable_buffers_fails_cleanly(loop):
+    """get_buffer() returning a read-only or an empty buffer is a fatal error of the
+    connection, reported to the exception handler, as asyncio reports it: no crash, and
+    connection_lost receives the exception."""
+
+    class Bad(asyncio.BufferedProtocol):
+        def __init__(self, buffer: object) -> None:
+            self.buffer = buffer
+            self.lost: list[BaseException | None] = []
+            self.done = asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, sizehint: int) -> object:
+            return self.buffer
+
+        def buffer_updated(self, nbytes: int) -> None:
+            raise AssertionError("no data can have been received")
+
+        def connection_lost(self, exc):  # type: ignore[override]
+            self.lost.append(exc)
+            self.done.set_result(None)
+
+    async def main():
+        results = []
+        for buffer in (b"read-only", bytearray()):
+            rsock, wsock = socket.socketpair()
+            contexts: list[dict] = []
+            loop.set_exception_handler(lambda _loop, ctx, seen=contexts: seen.append(ctx))
+            transport, proto = await loop.connect_accepted_socket(
+                lambda buffer=buffer: Bad(buffer), rsock
+            )
+            wsock.sendall(b"data")
+            await asyncio.wait_for(proto.done, 10)
+            wsock.close()
+            results.append((proto.lost, contexts))
+        loop.set_exception_handler(None)
+        return results
+
+    (lost_ro, ctx_ro), (lost_empty, ctx_empty) = loop.run_until_complete(main())
+    assert len(lost_ro) == 1 and isinstance(lost_ro[0], TypeError)
+    assert ctx_ro[0]["message"] == "Fatal read error on socket transport"
+    assert len(lost_empty) == 1 and isinstance(lost_empty[0], RuntimeError)
+    assert ctx_empty[0]["message"] == "Fatal error: protocol.get_buffer() call failed."

@@ -481,7 +481,16 @@ fn recv_into(
     // writable simple buffer is one contiguous run of `len` bytes.
     unsafe {
         if ffi::PyObject_GetBuffer(buf.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE) != 0 {
-            return Err(Ok(PyErr::fetch(py)));
+            // As `socket.recv_into` reports it (asyncio's transport calls that).
+            let cause = PyErr::fetch(py);
+            let err = PyTypeError::new_err(format!(
+                "recv_into() argument 'buffer' must be read-write bytes-like object, not {}",
+                buf.get_type()
+                    .name()
+                    .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+            ));
+            err.set_cause(py, Some(cause));
+            return Err(Ok(err));
         }
         let mut view = view.assume_init();
         let n = loop {
