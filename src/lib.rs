@@ -5,6 +5,7 @@ mod errors;
 mod event_loop;
 mod gil_cell;
 mod handles;
+mod sock_ops;
 mod transports;
 
 use pyo3::prelude::*;
@@ -17,6 +18,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
+    m.add_class::<sock_ops::SockRecv>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
     Ok(())
 }

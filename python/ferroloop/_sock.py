@@ -5,9 +5,8 @@ once; if the socket would block, watch it with the loop's native fd watchers and
 operation from the watcher; cancelling the future removes the watcher, and data already
 received is never consumed by a cancelled call (the read happens only when a call is waiting).
 
-This is the Python baseline of the networking milestone: the waiting, polling and callbacks
-are native, the per-operation glue is here. Moving the glue into Rust is part of that
-milestone's performance work.
+The waiting, polling and callbacks are native; so is the whole wait of `sock_recv` on a plain
+socket (`SockRecv`, the hot case); the per-operation glue of the other calls is here.
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ import socket
 from asyncio import base_events
 from collections.abc import Coroutine
 from typing import Any
+
+from ._ferroloop import SockRecv
 
 _BLOCKING = (BlockingIOError, InterruptedError)
 
@@ -151,7 +152,13 @@ class SocketMixin:
         except _BLOCKING:
             pass
         fut = self.create_future()
-        self._wait_readable(fut, sock, self._sock_op_ready, op, *args)
+        if op == "recv" and type(sock) is socket.socket:
+            # The common case waits natively (src/sock_ops.rs): same steps, no Python frames.
+            fd = sock.fileno()
+            self._ensure_fd_no_transport(fd)
+            SockRecv.start(self, fut, fd, *args)
+        else:
+            self._wait_readable(fut, sock, self._sock_op_ready, op, *args)
         return await fut
 
     # Plain methods returning the coroutine (no extra coroutine frame per call).
