@@ -1,0 +1,162 @@
+"""Property-based tests of the stream transport: random sequences of transport calls on a
+real TCP connection, on ferroloop and on stock asyncio, checked against invariants that
+asyncio's `_SelectorSocketTransport` guarantees:
+
+- the peer receives a prefix of the bytes `write()` accepted, and, unless the transport was
+  aborted, at least every byte written before `close()`/`write_eof()`;
+- `connection_lost` runs exactly once, `pause_writing`/`resume_writing` alternate, starting
+  with a pause;
+- `write()` after `write_eof()` raises RuntimeError; nothing reaches the exception handler
+  on these paths; at the end the buffer is empty and the transport is closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.timeout(120)
+
+OPS = st.one_of(
+    st.tuples(st.just("write"), st.integers(min_value=0, max_value=300_000)),
+    st.tuples(st.just("writelines"), st.lists(st.integers(0, 50_000), max_size=4)),
+    st.tuples(st.just("pause_reading"), st.none()),
+    st.tuples(st.just("resume_reading"), st.none()),
+    st.tuples(st.just("limits"), st.integers(min_value=0, max_value=200_000)),
+    st.tuples(st.just("yield"), st.none()),
+)
+ENDINGS = st.sampled_from(["close", "write_eof", "abort", "close_then_write"])
+
+
+class Client(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.flow: list[str] = []
+        self.lost: list[BaseException | None] = []
+        self.done = asyncio.get_running_loop().create_future()
+
+    def pause_writing(self) -> None:
+        self.flow.append("pause")
+
+    def resume_writing(self) -> None:
+        self.flow.append("resume")
+
+    def connection_lost(self, exc):  # type: ignore[override]
+        self.lost.append(exc)
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class Sink(asyncio.Protocol):
+    """The peer: collects everything, closes when the client is done."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc):  # type: ignore[override]
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def payload(counter: list[int], n: int) -> bytes:
+    """n bytes that differ from every earlier payload (so a lost or reordered chunk shows)."""
+    start = counter[0]
+    counter[0] += n
+    return bytes((start + i) % 251 for i in range(n))
+
+
+async def scenario(
+    loop: asyncio.AbstractEventLoop, ops: list[tuple[str, object]], ending: str
+) -> None:
+    handler_calls: list[dict] = []
+    loop.set_exception_handler(lambda _loop, ctx: handler_calls.append(ctx))
+    sinks: list[Sink] = []
+
+    def make_sink() -> Sink:
+        sinks.append(Sink())
+        return sinks[-1]
+
+    server = await loop.create_server(make_sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, client = await loop.create_connection(Client, "127.0.0.1", port)
+    counter = [0]
+    accepted = bytearray()
+    for op, arg in ops:
+        if op == "write":
+            data = payload(counter, int(arg))  # type: ignore[arg-type]
+            transport.write(data)
+            accepted += data
+        elif op == "writelines":
+            chunks = [payload(counter, n) for n in arg]  # type: ignore[union-attr]
+            transport.writelines(chunks)
+            accepted += b"".join(chunks)
+        elif op == "pause_reading":
+            transport.pause_reading()
+            assert not transport.is_reading()
+        elif op == "resume_reading":
+            transport.resume_reading()
+            assert transport.is_reading()
+        elif op == "limits":
+            transport.set_write_buffer_limits(high=int(arg))  # type: ignore[arg-type]
+            assert transport.get_write_buffer_limits() == (int(arg) // 4, int(arg))  # type: ignore[arg-type]
+        else:
+            await asyncio.sleep(0)
+    before_end = len(accepted)
+    aborted = ending == "abort"
+    if ending == "write_eof":
+        transport.write_eof()
+        with pytest.raises(RuntimeError):
+            transport.write(b"after eof")
+        transport.close()
+    elif ending == "abort":
+        transport.abort()
+    else:
+        transport.close()
+        if ending == "close_then_write":
+            # asyncio queues it behind unsent data, or drops it if nothing is pending.
+            pending = transport.get_write_buffer_size() > 0
+            data = payload(counter, 10)
+            transport.write(data)
+            if pending:
+                accepted += data
+    assert transport.is_closing()
+    await asyncio.wait_for(client.done, 30)
+    while not sinks:
+        await asyncio.sleep(0.001)
+    await asyncio.wait_for(sinks[0].done, 30)
+    await asyncio.sleep(0)
+    server.close()
+    await server.wait_closed()
+    loop.set_exception_handler(None)
+
+    received = bytes(sinks[0].data)
+    assert accepted.startswith(received), "the peer got bytes that were never written"
+    if not aborted:
+        assert len(received) >= before_end, (len(received), before_end)
+    assert len(client.lost) == 1
+    assert transport.get_write_buffer_size() == 0
+    assert client.flow[::2] == ["pause"] * len(client.flow[::2])
+    assert client.flow[1::2] == ["resume"] * len(client.flow[1::2])
+    assert handler_calls == []
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=st.lists(OPS, max_size=12), ending=ENDINGS)
+def test_random_transport_call_sequences_keep_asyncio_invariants(loop, ops, ending):
+    loop.run_until_complete(scenario(loop, ops, ending))
