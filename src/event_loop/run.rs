@@ -13,6 +13,7 @@ use super::poller::Ready;
 use super::timers::TimerEntry;
 use super::LoopCore;
 use crate::handles::{Handle, Runnable};
+use crate::transports::stream::StreamTransport;
 
 impl LoopCore {
     /// Drops cancelled timers from the heap and says how long the next wait may last
@@ -104,8 +105,30 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Runs the handles that were ready when this iteration began.
+    /// Runs the handles that were ready when this iteration began, then sends the writes
+    /// they coalesced (also when a callback's KeyboardInterrupt or SystemExit ends the
+    /// iteration early, so no accepted byte is left waiting for an iteration that may never
+    /// come).
     pub(super) fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let ran = Self::run_ready_handles(slf);
+        let flushed = Self::flush_deferred_writes(slf);
+        ran.and(flushed)
+    }
+
+    fn flush_deferred_writes(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        loop {
+            let pending = std::mem::take(&mut slf.get().state.borrow_mut(py)?.deferred_writes);
+            if pending.is_empty() {
+                return Ok(());
+            }
+            for transport in pending {
+                StreamTransport::flush_deferred(transport.bind(py))?;
+            }
+        }
+    }
+
+    fn run_ready_handles(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let ntodo = this.state.borrow(py)?.ready.len();

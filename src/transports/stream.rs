@@ -113,6 +113,8 @@ struct State {
     full_pipe_reads: u8,
     /// Whether the pipe's capacity was already raised (or tried).
     pipe_grown: bool,
+    /// Queued in the loop's list of transports to flush at the end of the iteration.
+    deferred: bool,
 }
 
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
@@ -511,6 +513,185 @@ fn recv_into(
     }
 }
 
+impl StreamTransport {
+    /// `write()`. On a socket whose loop is running, small writes are coalesced: queued
+    /// and sent together at the end of the loop iteration (`flush_deferred`), one
+    /// `sendmsg` for what would have been several `send`s (uvicorn writes a response's
+    /// head and body separately). Anything that would take the queue above the high-water
+    /// mark is sent at once, with what was queued before it; pipes always send at once.
+    fn write_bytes(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let data = Self::to_bytes(data)?;
+        let bytes = data.as_bytes();
+        {
+            let st = this.state.borrow(py)?;
+            if st.eof && this.kind == Kind::Socket {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call write() after write_eof()",
+                ));
+            }
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to write; sendfile is in progress",
+                ));
+            }
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            let lost = st.link.conn_lost > 0 || (this.kind == Kind::WritePipe && st.link.closing);
+            drop(st);
+            if lost {
+                return common::count_lost_write(
+                    slf,
+                    match this.kind {
+                        Kind::Socket => "socket.send() raised exception.",
+                        _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
+                    },
+                );
+            }
+        }
+        let (coalesce, deferred_pending) = {
+            let st = this.state.borrow(py)?;
+            let coalesce = this.kind == Kind::Socket
+                && !st.link.writer_registered
+                && st.link.queued + bytes.len() <= st.link.high_water
+                && st
+                    .link
+                    .event_loop
+                    .as_ref()
+                    .is_some_and(|lp| lp.get().is_running_flag());
+            (coalesce, !st.queue.is_empty() && !st.link.writer_registered)
+        };
+        if coalesce {
+            let register = {
+                let mut st = this.state.borrow_mut(py)?;
+                st.link.queued += bytes.len();
+                st.queue.push_back(data.unbind());
+                !std::mem::replace(&mut st.deferred, true)
+            };
+            if register {
+                common::event_loop(this, py)?
+                    .get()
+                    .defer_flush(py, slf.clone().unbind())?;
+            }
+            return Ok(());
+        }
+        if deferred_pending {
+            // Coalesced data is waiting and this write would pass the high-water mark:
+            // send everything now, in order.
+            {
+                let mut st = this.state.borrow_mut(py)?;
+                st.link.queued += bytes.len();
+                st.queue.push_back(data.unbind());
+            }
+            Self::send_queue(slf)?;
+            return common::maybe_pause_protocol(slf);
+        }
+        let mut offset = 0;
+        if this.state.borrow(py)?.queue.is_empty() {
+            match this.send(bytes) {
+                Ok(n) if n == bytes.len() => return Ok(()),
+                Ok(n) => offset = n,
+                Err(e) if would_block(&e) => {}
+                Err(e) => return common::fatal(slf, os_error(e), this.kind.write_error_message()),
+            }
+            common::watch(slf, Direction::Write, true)?;
+        }
+        {
+            let mut st = this.state.borrow_mut(py)?;
+            if st.queue.is_empty() {
+                st.head = offset;
+            }
+            st.link.queued += bytes.len() - offset;
+            st.queue.push_back(data.unbind());
+            if this.kind == Kind::WritePipe && st.link.queued >= BULK_PIPE_QUEUE {
+                this.grow_pipe(&mut st);
+            }
+        }
+        common::maybe_pause_protocol(slf)
+    }
+
+    /// Sends what the queue holds (from the write watcher, or at the end of the iteration for
+    /// coalesced writes) and settles the transport as asyncio's `_write_ready` does: watch
+    /// for writability while data remains; once empty, wake the sendfile waiter and finish a
+    /// pending close or write_eof.
+    fn send_queue(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let result = {
+            let mut st = this.state.borrow_mut(py)?;
+            if st.link.conn_lost > 0 || st.queue.is_empty() {
+                return Ok(());
+            }
+            this.flush(py, &mut st)
+        };
+        if let Err(e) = result {
+            let (dropped, waiter) = {
+                let mut st = this.state.borrow_mut(py)?;
+                st.head = 0;
+                st.link.queued = 0;
+                (
+                    std::mem::take(&mut st.queue),
+                    st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                )
+            };
+            drop(dropped);
+            common::watch(slf, Direction::Write, false)?;
+            let err = os_error(e);
+            let value = err.value(py).clone();
+            common::fatal(slf, err, this.kind.write_error_message())?;
+            if let Some(w) = waiter {
+                w.bind(py)
+                    .call_method1(intern!(py, "set_exception"), (value,))?;
+            }
+            return Ok(());
+        }
+        common::maybe_resume_protocol(slf)?;
+        let (empty, waiter, closing, eof) = {
+            let st = this.state.borrow(py)?;
+            (
+                st.queue.is_empty(),
+                st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                st.link.closing,
+                st.eof,
+            )
+        };
+        if !empty {
+            return common::watch(slf, Direction::Write, true);
+        }
+        common::watch(slf, Direction::Write, false)?;
+        if let Some(w) = waiter {
+            let w = w.bind(py);
+            if !w.call_method0(intern!(py, "done"))?.is_truthy()? {
+                w.call_method1(intern!(py, "set_result"), (py.None(),))?;
+            }
+        }
+        if closing {
+            if this.kind == Kind::WritePipe {
+                common::watch(slf, Direction::Read, false)?;
+            }
+            let owner = common::owner(this, py)?;
+            owner
+                .bind(py)
+                .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
+        } else if eof {
+            // SAFETY: shutdown on our own fd; a failure is reported like socket.shutdown.
+            if unsafe { libc::shutdown(this.fd, libc::SHUT_WR) } != 0 {
+                return Err(os_error(io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends coalesced writes: called by the loop at the end of the iteration that queued
+    /// them.
+    pub(crate) fn flush_deferred(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().state.borrow_mut(slf.py())?.deferred = false;
+        Self::send_queue(slf)
+    }
+}
+
 impl TransportCore for StreamTransport {
     const WRITE_READY: &'static str = "_write_ready";
 
@@ -551,6 +732,7 @@ impl StreamTransport {
                 bulk: false,
                 full_pipe_reads: 0,
                 pipe_grown: false,
+                deferred: false,
             }),
         })
     }
@@ -679,127 +861,17 @@ impl StreamTransport {
     }
 
     fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let result = {
-            let mut st = this.state.borrow_mut(py)?;
-            if st.link.conn_lost > 0 || !st.link.writer_registered || st.queue.is_empty() {
+        {
+            let st = slf.get().state.borrow(slf.py())?;
+            if !st.link.writer_registered {
                 return Ok(());
             }
-            this.flush(py, &mut st)
-        };
-        if let Err(e) = result {
-            let (dropped, waiter) = {
-                let mut st = this.state.borrow_mut(py)?;
-                st.head = 0;
-                st.link.queued = 0;
-                (
-                    std::mem::take(&mut st.queue),
-                    st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
-                )
-            };
-            drop(dropped);
-            common::watch(slf, Direction::Write, false)?;
-            let err = os_error(e);
-            let value = err.value(py).clone();
-            common::fatal(slf, err, this.kind.write_error_message())?;
-            if let Some(w) = waiter {
-                w.bind(py)
-                    .call_method1(intern!(py, "set_exception"), (value,))?;
-            }
-            return Ok(());
         }
-        common::maybe_resume_protocol(slf)?;
-        let (empty, waiter, closing, eof) = {
-            let st = this.state.borrow(py)?;
-            (
-                st.queue.is_empty(),
-                st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
-                st.link.closing,
-                st.eof,
-            )
-        };
-        if !empty {
-            return Ok(());
-        }
-        common::watch(slf, Direction::Write, false)?;
-        if let Some(w) = waiter {
-            let w = w.bind(py);
-            if !w.call_method0(intern!(py, "done"))?.is_truthy()? {
-                w.call_method1(intern!(py, "set_result"), (py.None(),))?;
-            }
-        }
-        if closing {
-            if this.kind == Kind::WritePipe {
-                common::watch(slf, Direction::Read, false)?;
-            }
-            let owner = common::owner(this, py)?;
-            owner
-                .bind(py)
-                .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
-        } else if eof {
-            // SAFETY: shutdown on our own fd; a failure is reported like socket.shutdown.
-            if unsafe { libc::shutdown(this.fd, libc::SHUT_WR) } != 0 {
-                return Err(os_error(io::Error::last_os_error()));
-            }
-        }
-        Ok(())
+        Self::send_queue(slf)
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let data = Self::to_bytes(data)?;
-        let bytes = data.as_bytes();
-        {
-            let st = this.state.borrow(py)?;
-            if st.eof && this.kind == Kind::Socket {
-                return Err(PyRuntimeError::new_err(
-                    "Cannot call write() after write_eof()",
-                ));
-            }
-            if st.empty_waiter.is_some() {
-                return Err(PyRuntimeError::new_err(
-                    "unable to write; sendfile is in progress",
-                ));
-            }
-            if bytes.is_empty() {
-                return Ok(());
-            }
-            let lost = st.link.conn_lost > 0 || (this.kind == Kind::WritePipe && st.link.closing);
-            drop(st);
-            if lost {
-                return common::count_lost_write(
-                    slf,
-                    match this.kind {
-                        Kind::Socket => "socket.send() raised exception.",
-                        _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
-                    },
-                );
-            }
-        }
-        let mut offset = 0;
-        if this.state.borrow(py)?.queue.is_empty() {
-            match this.send(bytes) {
-                Ok(n) if n == bytes.len() => return Ok(()),
-                Ok(n) => offset = n,
-                Err(e) if would_block(&e) => {}
-                Err(e) => return common::fatal(slf, os_error(e), this.kind.write_error_message()),
-            }
-            common::watch(slf, Direction::Write, true)?;
-        }
-        {
-            let mut st = this.state.borrow_mut(py)?;
-            if st.queue.is_empty() {
-                st.head = offset;
-            }
-            st.link.queued += bytes.len() - offset;
-            st.queue.push_back(data.unbind());
-            if this.kind == Kind::WritePipe && st.link.queued >= BULK_PIPE_QUEUE {
-                this.grow_pipe(&mut st);
-            }
-        }
-        common::maybe_pause_protocol(slf)
+        Self::write_bytes(slf, data)
     }
 
     /// `b"".join(list_of_data)` then `write()`, as asyncio 3.11's `writelines`.
