@@ -640,3 +640,37 @@ def test_buffered_protocol_with_unusable_buffers_fails_cleanly(loop):
     assert ctx_ro[0]["message"] == "Fatal read error on socket transport"
     assert len(lost_empty) == 1 and isinstance(lost_empty[0], RuntimeError)
     assert ctx_empty[0]["message"] == "Fatal error: protocol.get_buffer() call failed."
+
+
+def test_writes_are_sent_even_when_the_iteration_ends_early(loop):
+    """Small writes made by a callback reach the peer even if a later callback of the same
+    iteration stops the loop with KeyboardInterrupt and the loop never runs again (ferroloop
+    coalesces them until the end of the iteration)."""
+    rsock, wsock = socket.socketpair()
+
+    async def connect():
+        return await loop.connect_accepted_socket(asyncio.Protocol, wsock)
+
+    transport, _ = loop.run_until_complete(connect())
+
+    def write_twice() -> None:
+        transport.write(b"a" * 10)
+        transport.write(b"b" * 10)
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    loop.call_soon(write_twice)
+    loop.call_soon(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    rsock.settimeout(5)
+    received = b""
+    while len(received) < 20:
+        chunk = rsock.recv(100)
+        assert chunk
+        received += chunk
+    assert received == b"a" * 10 + b"b" * 10
+    transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    rsock.close()
