@@ -354,30 +354,17 @@ impl LoopCore {
         socket: bool,
         max: usize,
     ) -> PyResult<io::Result<Bound<'py, pyo3::types::PyBytes>>> {
-        let mut st = self.state.borrow_mut(py)?;
-        if st.recv_buffer.len() < max {
-            st.recv_buffer.resize(max, 0);
-        }
-        let buf = st.recv_buffer.as_mut_ptr().cast();
-        let got = loop {
-            // SAFETY: `buf` points to at least `max` writable bytes owned by the loop state,
-            // borrowed mutably for this whole block; recv/read write at most `max` bytes.
-            let n = unsafe {
+        self.read_into_buffer(py, max, |buf| {
+            // SAFETY: `buf` points to at least `max` writable bytes (see `read_into_buffer`);
+            // recv/read write at most `max` bytes.
+            unsafe {
                 if socket {
                     libc::recv(fd, buf, max, 0)
                 } else {
                     libc::read(fd, buf, max)
                 }
-            };
-            if n >= 0 {
-                break n as usize;
             }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Ok(Err(err));
-            }
-        };
-        Ok(Ok(pyo3::types::PyBytes::new(py, &st.recv_buffer[..got])))
+        })
     }
 
     /// One `recvfrom()` of at most `max` bytes from the socket `fd` into the loop's reused
@@ -391,17 +378,12 @@ impl LoopCore {
         addr: &mut libc::sockaddr_storage,
         addrlen: &mut libc::socklen_t,
     ) -> PyResult<io::Result<Bound<'py, pyo3::types::PyBytes>>> {
-        let mut st = self.state.borrow_mut(py)?;
-        if st.recv_buffer.len() < max {
-            st.recv_buffer.resize(max, 0);
-        }
-        let buf = st.recv_buffer.as_mut_ptr().cast();
-        let got = loop {
+        self.read_into_buffer(py, max, |buf| {
             *addrlen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            // SAFETY: `buf` points to at least `max` writable bytes owned by the loop state,
-            // borrowed mutably for this whole block; `addr` is a writable sockaddr_storage
-            // whose size `addrlen` gives. The kernel writes at most that much to each.
-            let n = unsafe {
+            // SAFETY: `buf` points to at least `max` writable bytes (see `read_into_buffer`);
+            // `addr` is a writable sockaddr_storage whose size `addrlen` gives. The kernel
+            // writes at most that much to each.
+            unsafe {
                 libc::recvfrom(
                     fd,
                     buf,
@@ -410,7 +392,26 @@ impl LoopCore {
                     (addr as *mut libc::sockaddr_storage).cast(),
                     addrlen,
                 )
-            };
+            }
+        })
+    }
+
+    /// Runs `read` (one syscall into a buffer of at least `max` bytes, returning its result)
+    /// on the loop's reused buffer, retrying on EINTR, and returns what it read as `bytes`.
+    /// The buffer stays mutably borrowed, so no other read can use it meanwhile.
+    fn read_into_buffer<'py>(
+        &self,
+        py: Python<'py>,
+        max: usize,
+        mut read: impl FnMut(*mut libc::c_void) -> isize,
+    ) -> PyResult<io::Result<Bound<'py, pyo3::types::PyBytes>>> {
+        let mut st = self.state.borrow_mut(py)?;
+        if st.recv_buffer.len() < max {
+            st.recv_buffer.resize(max, 0);
+        }
+        let buf = st.recv_buffer.as_mut_ptr().cast();
+        let got = loop {
+            let n = read(buf);
             if n >= 0 {
                 break n as usize;
             }
@@ -744,20 +745,8 @@ impl LoopCore {
         }
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         let want = (n as usize).min(MAX_READ);
-        let mut st = self.state.borrow_mut(py)?;
-        if st.recv_buffer.len() < want {
-            st.recv_buffer.resize(want, 0);
-        }
-        // SAFETY: the buffer holds at least `want` writable bytes for the duration of the
-        // call; recv writes at most `want` bytes and returns how many (or -1 and errno).
-        let got = unsafe { libc::recv(fd, st.recv_buffer.as_mut_ptr().cast(), want, 0) };
-        if got < 0 {
-            return Err(crate::errors::os_error(io::Error::last_os_error()));
-        }
-        Ok(pyo3::types::PyBytes::new(
-            py,
-            &st.recv_buffer[..got as usize],
-        ))
+        self.read_to_bytes(py, fd, true, want)?
+            .map_err(crate::errors::os_error)
     }
 
     /// The events watched for `fd` as selectors' EVENT_READ (1) | EVENT_WRITE (2), or None.

@@ -409,11 +409,13 @@ fn read_fresh_bytes(
     fd: RawFd,
     socket: bool,
 ) -> PyResult<io::Result<Bound<'_, PyBytes>>> {
-    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new, uninitialised bytes object
-    // of n bytes that only we reference (or NULL with an exception set). We write at most
-    // BULK_READ bytes into its buffer, then shrink it with _PyBytes_Resize, which is allowed
-    // because the object has a single reference and was never shared; on failure
-    // _PyBytes_Resize frees it and sets NULL. Every other exit path drops our reference.
+    // Why this is sound: PyBytes_FromStringAndSize(NULL, n) returns a new, uninitialised
+    // bytes object of n bytes that only we reference (or NULL with an exception set). We
+    // write at most BULK_READ bytes into its buffer, then shrink it with _PyBytes_Resize,
+    // which is allowed because the object has a single reference and was never shared; on
+    // failure _PyBytes_Resize frees it and sets NULL. Every other exit path drops our
+    // reference.
+    // SAFETY: as explained just above.
     unsafe {
         let mut obj =
             ffi::PyBytes_FromStringAndSize(std::ptr::null(), BULK_READ as ffi::Py_ssize_t);
