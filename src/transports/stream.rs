@@ -165,43 +165,41 @@ impl StreamTransport {
     /// Sends as much of the queue as the kernel takes (one `writev`/`sendmsg` per
     /// `MAX_IOVECS` chunks). `Ok` with data left means the kernel is full.
     fn flush(&self, py: Python<'_>, st: &mut State) -> io::Result<()> {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let mut iov = [empty; MAX_IOVECS];
         while !st.queue.is_empty() {
-            let mut iov: Vec<libc::iovec> = Vec::with_capacity(st.queue.len().min(MAX_IOVECS));
+            let mut count = 0;
             let mut offered = 0usize;
             for (i, chunk) in st.queue.iter().take(MAX_IOVECS).enumerate() {
                 let bytes = chunk.as_bytes(py);
                 let part = if i == 0 { &bytes[st.head..] } else { bytes };
                 offered += part.len();
-                iov.push(libc::iovec {
+                iov[i] = libc::iovec {
                     iov_base: part.as_ptr() as *mut _,
                     iov_len: part.len(),
-                });
-            }
-            let sent = loop {
-                // SAFETY: every iovec points into a `bytes` object held by the queue, which
-                // is not modified during the call; the kernel only reads from them.
-                let n = unsafe {
-                    match self.kind {
-                        Kind::Socket => {
-                            let mut msg: libc::msghdr = std::mem::zeroed();
-                            msg.msg_iov = iov.as_mut_ptr();
-                            msg.msg_iovlen = iov.len() as _;
-                            libc::sendmsg(self.fd, &msg, libc::MSG_NOSIGNAL)
-                        }
-                        _ => libc::writev(self.fd, iov.as_ptr(), iov.len() as libc::c_int),
-                    }
                 };
-                if n >= 0 {
-                    break n as usize;
+                count = i + 1;
+            }
+            let sent = if count == 1 {
+                // One chunk (a single coalesced write, most often): a plain send/write.
+                // SAFETY: iov[0] points into a `bytes` object held by the queue, unchanged
+                // during the call.
+                let part = unsafe {
+                    std::slice::from_raw_parts(iov[0].iov_base as *const u8, iov[0].iov_len)
+                };
+                match self.send(part) {
+                    Ok(n) => Some(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                    Err(e) => return Err(e),
                 }
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                if err.kind() == io::ErrorKind::WouldBlock {
-                    return Ok(());
-                }
-                return Err(err);
+            } else {
+                self.send_vectored(&mut iov[..count])?
+            };
+            let Some(sent) = sent else {
+                return Ok(());
             };
             consume(py, st, sent);
             if sent < offered {
@@ -209,6 +207,35 @@ impl StreamTransport {
             }
         }
         Ok(())
+    }
+
+    /// One `sendmsg` (sockets, without SIGPIPE) or `writev` (pipes) of `iov`; EINTR retried.
+    /// `Ok(None)` when the fd would block.
+    fn send_vectored(&self, iov: &mut [libc::iovec]) -> io::Result<Option<usize>> {
+        loop {
+            // SAFETY: every iovec points into a `bytes` object held by the queue, which is not
+            // modified during the call; the kernel only reads from them.
+            let n = unsafe {
+                match self.kind {
+                    Kind::Socket => {
+                        let mut msg: libc::msghdr = std::mem::zeroed();
+                        msg.msg_iov = iov.as_mut_ptr();
+                        msg.msg_iovlen = iov.len() as _;
+                        libc::sendmsg(self.fd, &msg, libc::MSG_NOSIGNAL)
+                    }
+                    _ => libc::writev(self.fd, iov.as_ptr(), iov.len() as libc::c_int),
+                }
+            };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(err),
+            }
+        }
     }
 
     /// The `bytes` to send for a `write()` argument (bytes as is, other buffers copied, as
