@@ -18,6 +18,7 @@ import traceback
 import warnings
 import weakref
 from asyncio import constants, coroutines, events, format_helpers, futures, tasks
+from asyncio import timeout as _timeout
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,11 @@ from ._sock import SocketMixin
 logger = logging.getLogger("asyncio")
 
 _ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
+
+def _set_exception_unless_done(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
 
 
 def _stop_when_done(fut: asyncio.Future[Any]) -> None:
@@ -274,8 +280,14 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
             raise TypeError("executor must be ThreadPoolExecutor instance")
         self._default_executor = executor
 
-    async def shutdown_default_executor(self) -> None:
-        """Shut the default executor down, waiting for its threads in a helper thread."""
+    async def shutdown_default_executor(self, timeout: float | None = None) -> None:
+        """Shut the default executor down, waiting for its threads in a helper thread.
+
+        `timeout` (seconds, or None to wait for ever) is 3.12's parameter; 3.11 callers never
+        pass it. When it expires, a RuntimeWarning is issued and the executor is shut down
+        without waiting (asyncio 3.13's `base_events.shutdown_default_executor`, whose
+        timeout also bounds the wait for the future, where 3.12.1 only bounds the join).
+        """
         self._executor_shutdown_called = True
         if self._default_executor is None:
             return
@@ -283,8 +295,17 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
         waiter = threading.Thread(target=self._shutdown_executor_in_thread, args=(done,))
         waiter.start()
         try:
-            await done
-        finally:
+            async with _timeout(timeout):
+                await done
+        except TimeoutError:
+            warnings.warn(
+                "The executor did not finishing joining "
+                f"its threads within {timeout} seconds.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._default_executor.shutdown(wait=False)
+        else:
             waiter.join()
 
     def _shutdown_executor_in_thread(self, done: asyncio.Future[None]) -> None:
@@ -293,11 +314,11 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
             if executor is not None:
                 executor.shutdown(wait=True)
         except Exception as exc:
-            if not self.is_closed():
-                self.call_soon_threadsafe(done.set_exception, exc)
+            if not self.is_closed() and not done.cancelled():
+                self.call_soon_threadsafe(_set_exception_unless_done, done, exc)
         else:
             if not self.is_closed():
-                self.call_soon_threadsafe(done.set_result, None)
+                self.call_soon_threadsafe(futures._set_result_unless_cancelled, done, None)
 
     # ------------------------------------------------------ async generators
 

@@ -16,11 +16,12 @@ watcher methods). Child watching is `_process.py`'s. The borrowed names are CPyt
 
 from __future__ import annotations
 
+import os
 import selectors
 import sys
 import warnings
 import weakref
-from asyncio import base_events, constants, selector_events, sslproto, unix_events
+from asyncio import base_events, constants, log, selector_events, sslproto, unix_events
 from typing import Any, NamedTuple
 
 from ._datagram import DatagramTransport
@@ -89,6 +90,7 @@ _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
 )
 
 _unix_add_signal_handler = unix_events._UnixSelectorEventLoop.add_signal_handler
+_selector_stop_serving = selector_events.BaseSelectorEventLoop._stop_serving
 
 BORROWED_NAMES = frozenset(name for _, names in _BORROWED for name in names)
 
@@ -184,6 +186,9 @@ class NetworkingMixin:
         self._ssock: Any = None
         self._csock: Any = None
         self._internal_fds = 0
+        # 3.13: listening Unix sockets to unlink when their server closes, by inode
+        # (create_unix_server(cleanup_socket=True); read by 3.13's create_unix_server).
+        self._unix_server_sockets: dict[Any, int] = {}
 
     def _close_networking(self) -> None:
         """Part of close(): restore signal dispositions, close the self-pipe."""
@@ -219,6 +224,25 @@ class NetworkingMixin:
         self._add_callback(handle)
         self._write_to_self()
 
+    if sys.version_info >= (3, 13):
+
+        def _stop_serving(self, sock: Any) -> None:
+            """3.13's `_UnixSelectorEventLoop._stop_serving`: stop accepting, then unlink a
+            listening Unix socket's path if create_unix_server(cleanup_socket=True) made it and
+            the path still names the same inode. (Its `super()` call cannot be borrowed.)"""
+            path = sock.getsockname() if sock in self._unix_server_sockets else None
+            _selector_stop_serving(self, sock)
+            if path is None:
+                return
+            inode = self._unix_server_sockets.pop(sock)
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                log.logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
+
     @property
     def _debug(self) -> bool:
         return bool(self.get_debug())
@@ -243,6 +267,8 @@ class NetworkingMixin:
 
 for _source, _names in _BORROWED:
     for _name in _names:
+        if _name == "_stop_serving" and "_stop_serving" in NetworkingMixin.__dict__:
+            continue  # 3.13's own, above
         setattr(NetworkingMixin, _name, _source.__dict__[_name])
 del _source, _names, _name
 NetworkingMixin._make_socket_transport = _make_socket_transport  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 import warnings
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from typing import Any
@@ -28,6 +29,26 @@ from typing import Any
 from ._ferroloop import StreamTransport
 
 logger = logging.getLogger("asyncio")
+
+# asyncio's `Server` counts its connections. 3.11 and 3.12: `_attach()`/`_detach()` keep a
+# count; 3.13 keeps the transports themselves (`_attach(transport)`) for `close_clients()` and
+# `abort_clients()` (base_events.Server of each version).
+if sys.version_info >= (3, 13):
+
+    def _server_attach(server: Any, transport: Any) -> None:
+        server._attach(transport)
+
+    def _server_detach(server: Any, transport: Any) -> None:
+        server._detach(transport)
+
+else:
+
+    def _server_attach(server: Any, transport: Any) -> None:
+        server._attach()
+
+    def _server_detach(server: Any, transport: Any) -> None:
+        server._detach()
+
 
 # Core methods bound into every transport's instance dict.
 _COMMON = ("is_closing", "is_reading", "pause_reading", "resume_reading", "_force_close")
@@ -237,7 +258,7 @@ class SocketTransport(
         self._start(loop, sock.fileno(), "socket", protocol)
         self._server = server
         if server is not None:
-            server._attach()
+            _server_attach(server, self)
         loop._transports[self._sock_fd] = self
         # Small writes leave at once, without waiting for the peer's ACK (as asyncio).
         base_events._set_nodelay(sock)
@@ -268,7 +289,7 @@ class SocketTransport(
             self._loop = None
             server = self._server
             if server is not None:
-                server._detach()
+                _server_detach(server, self)
                 self._server = None
             if waiter is not None and not waiter.done():
                 waiter.set_exception(ConnectionError("Connection is closed by peer"))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run CPython 3.11's own asyncio test suite (test.test_asyncio) against ferroloop.
+"""Run the running interpreter's own asyncio test suite (test.test_asyncio) against ferroloop.
 
 Each module runs in a subprocess (_worker.py) with ferroloop's policy forced and the
 loop mixins subclassed onto ferroloop; a hung or crashed test is recorded and the rest
@@ -44,6 +44,11 @@ SLOW_FIRST = (
     "test_locks",
 )
 FAULT_LINES = 200
+# Each interpreter runs its own test.test_asyncio, so each has its own list of passing ids, and
+# may have exclusions of its own beside the common excluded.txt.
+VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
+PASSING = HERE / f"passing-{VERSION}.txt"
+EXCLUDED_VERSION = HERE / f"excluded-{VERSION}.txt"
 
 
 @dataclass
@@ -118,8 +123,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=600.0,
         help="stop starting tests after this many seconds (600)",
     )
-    p.add_argument("--passing-file", type=Path, default=HERE / "passing.txt")
-    p.add_argument("--excluded-file", type=Path, default=HERE / "excluded.txt")
+    p.add_argument("--passing-file", type=Path, default=PASSING)
+    p.add_argument(
+        "--excluded-file",
+        type=Path,
+        action="append",
+        default=None,
+        help=f"exclusions (default: excluded.txt and {EXCLUDED_VERSION.name} if present)",
+    )
     p.add_argument("--results-dir", type=Path, default=HERE / "results")
     p.add_argument(
         "--update-passing",
@@ -128,7 +139,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     args.module = [m for arg in args.module for m in arg.split(",") if m]
-    default_passing = args.passing_file.resolve() == (HERE / "passing.txt").resolve()
+    if args.excluded_file is None:
+        args.excluded_file = [HERE / "excluded.txt", EXCLUDED_VERSION]
+    default_passing = args.passing_file.resolve() == PASSING.resolve()
     if args.update_passing and args.loop == "asyncio" and default_passing:
         p.error(
             "--update-passing from the asyncio reference run would not describe ferroloop"
@@ -463,14 +476,18 @@ def report(args, modules: list[str], excluded, records: list[Record]) -> int:
         n = update_passing(args.passing_file, records, args, modules)
         print(f"wrote {n} ids to {args.passing_file}")
     print(summary_line(records))
-    return 1 if regressed and not args.update_passing else 0
+    if args.update_passing:
+        return 0
+    # Every test that is not excluded must pass: a regression (a listed id that stopped
+    # passing) and a new failure both fail the run.
+    return 1 if regressed or others else 0
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     modules = select_modules(args.module)
     try:
-        excluded = read_excluded(args.excluded_file)
+        excluded = [e for path in args.excluded_file for e in read_excluded(path)]
     except ValueError as e:
         sys.exit(str(e))
     records = execute(args, modules, excluded)
