@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Quick start 2: set everything up, then run the whole test suite:
-# lint (Rust and Python), the pytest suite (ferroloop and stock asyncio side by side) and
-# CPython's own asyncio test suite run against ferroloop (tests/conformance).
+# Quick start 2: set everything up, then run the whole test suite on every supported CPython
+# (3.11, 3.12, 3.13; one that is not installed is reported as skipped): lint once, then for
+# each version the pytest suite (ferroloop and stock asyncio side by side) and that
+# interpreter's own asyncio test suite run against ferroloop (tests/conformance).
+#   PYTHONS="3.12 3.13"  run only these versions
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+source scripts/pythons.sh
+started=$SECONDS
 # Real servers the example tests start on loopback ports of their own (Debian packages).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -13,11 +16,37 @@ if ((${#missing[@]})); then
     echo "== installing ${missing[*]} (Debian packages) for tests/examples"
     apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
 fi
+
+versions=()
+for minor in ${PYTHONS:-${SUPPORTED_PYTHONS[*]}}; do
+    py=$(find_python "$minor")
+    if [[ -z $py ]]; then
+        echo "skipped: python$minor not installed"
+        continue
+    fi
+    echo "== setup: python$minor ($py) in .venv-$minor"
+    PYTHON=$py VENV=.venv-$minor bash scripts/setup.sh
+    versions+=("$minor")
+done
+if ((${#versions[@]} == 0)); then
+    echo "no supported python found" >&2
+    exit 1
+fi
+
 echo "== lint: cargo fmt, clippy, ruff"
 cargo fmt --check
 cargo clippy --release --quiet -- -D warnings
-.venv/bin/ruff check python tests bench examples
-echo "== pytest"
-.venv/bin/python -m pytest -q tests --ignore=tests/conformance
-echo "== CPython asyncio conformance"
-.venv/bin/python tests/conformance/run.py
+".venv-${versions[0]}/bin/ruff" check python tests bench examples
+
+failed=()
+for minor in "${versions[@]}"; do
+    echo "== pytest: python$minor"
+    ".venv-$minor/bin/python" -m pytest -q tests --ignore=tests/conformance || failed+=("pytest-$minor")
+    echo "== CPython $minor asyncio conformance"
+    ".venv-$minor/bin/python" tests/conformance/run.py || failed+=("conformance-$minor")
+done
+echo "== test.sh: versions ${versions[*]} in $((SECONDS - started)) s"
+if ((${#failed[@]})); then
+    echo "FAILED: ${failed[*]}"
+    exit 1
+fi

@@ -14,6 +14,8 @@ import weakref
 
 import pytest
 
+import ferroloop
+
 CLOSED = "Event loop is closed"
 ALREADY_RUNNING = "This event loop is already running"
 ANOTHER_RUNNING = "Cannot run the event loop while another loop is running"
@@ -221,6 +223,14 @@ def test_closed_loop_create_task_and_run_coroutine_raise(loop):
 
 
 def test_run_while_running_raises(loop):
+    if (
+        not isinstance(loop, ferroloop.Loop)
+        and (3, 13) <= sys.version_info < (3, 13, 3)
+    ):
+        # CPython 3.13.0-3.13.2 runs run_forever()'s cleanup when re-entry is refused, which
+        # clears the running loop; the nested run_until_complete() then runs for ever
+        # (gh-130145, fixed in 3.13.3). ferroloop keeps the setup outside the try.
+        pytest.skip("stock asyncio 3.13.0-3.13.2 bug gh-130145")
     errors = []
 
     def reenter():

@@ -16,7 +16,7 @@ import runpy
 import sys
 import types
 
-from . import install
+from . import _install_quietly
 
 USAGE = "usage: python -m ferroloop script.py [args...]\n       python -m ferroloop -m module [args...]\n"
 
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stderr.write(USAGE)
         raise SystemExit(0 if argv else 2)
-    install()
+    _install_quietly()
     if argv[0] == "-m":
         if len(argv) < 2:
             sys.stderr.write(USAGE)

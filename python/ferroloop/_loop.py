@@ -33,6 +33,32 @@ logger = logging.getLogger("asyncio")
 _ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
 
 
+if sys.version_info >= (3, 12):
+
+    def _run_exception_handler(
+        handler: _ExceptionHandler, loop: asyncio.AbstractEventLoop, context: dict[str, Any]
+    ) -> None:
+        """3.12+: a custom handler runs in the context of the task, future or handle the
+        error came from (asyncio 3.12's `call_exception_handler`, gh-91994)."""
+        thing = context.get("task")
+        if thing is None:
+            thing = context.get("future")
+        if thing is None:
+            thing = context.get("handle")
+        ctx = thing.get_context() if thing is not None and hasattr(thing, "get_context") else None
+        if ctx is not None and hasattr(ctx, "run"):
+            ctx.run(handler, loop, context)
+        else:
+            handler(loop, context)
+
+else:
+
+    def _run_exception_handler(
+        handler: _ExceptionHandler, loop: asyncio.AbstractEventLoop, context: dict[str, Any]
+    ) -> None:
+        handler(loop, context)
+
+
 def _set_exception_unless_done(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
@@ -59,6 +85,7 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
         self._asyncgens_shutdown_called = False
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth: int | None = None
+        self._old_agen_hooks: Any = None
         self._init_networking()
         self.set_debug(coroutines._is_debug_mode())
         if sys.version_info < (3, 12) and type(self).call_soon is LoopCore.call_soon:
@@ -68,6 +95,20 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
             # The cost: the loop is in a reference cycle, so it is freed by the cycle
             # collector rather than at once (close() still releases everything at once).
             self.call_soon = LoopCore.call_soon.__get__(self, type(self))
+
+    if sys.version_info >= (3, 14):
+
+        def create_task(self, coro: Any, **kwargs: Any) -> Any:
+            """3.14: every keyword argument goes to the task factory, or to `asyncio.Task`
+            (asyncio 3.14's `BaseEventLoop.create_task`; written from its source, not run
+            here). The common case (no factory; name/context at most) stays native."""
+            if self.get_task_factory() is None and kwargs.keys() <= {"name", "context"}:
+                return LoopCore.create_task(self, coro, **kwargs)
+            self._check_closed()
+            factory = self.get_task_factory()
+            if factory is not None:
+                return factory(self, coro, **kwargs)
+            return tasks.Task(coro, loop=self, **kwargs)
 
     def __repr__(self) -> str:
         return (
@@ -89,25 +130,37 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
         if events._get_running_loop() is not None:
             raise RuntimeError("Cannot run the event loop while another loop is running")
 
-    def run_forever(self) -> None:
-        """Run until stop() is called."""
+    def _run_forever_setup(self) -> None:
+        """Everything run_forever() does before it starts polling (3.13 made this a method of
+        its own, for loops that embed asyncio in a GUI's event loop; present on every version
+        here)."""
         self._check_closed()
         self._check_running()
         self._set_coroutine_origin_tracking(self.get_debug())
-        saved_hooks = sys.get_asyncgen_hooks()
+        self._old_agen_hooks = sys.get_asyncgen_hooks()
+        self._set_running_thread(True)
+        sys.set_asyncgen_hooks(
+            firstiter=self._asyncgen_firstiter_hook,
+            finalizer=self._asyncgen_finalizer_hook,
+        )
+        events._set_running_loop(self)
+
+    def _run_forever_cleanup(self) -> None:
+        """Everything run_forever() does after it stops (3.13's counterpart of the above)."""
+        self._set_running_thread(False)
+        events._set_running_loop(None)
+        self._set_coroutine_origin_tracking(False)
+        if self._old_agen_hooks is not None:
+            sys.set_asyncgen_hooks(*self._old_agen_hooks)
+            self._old_agen_hooks = None
+
+    def run_forever(self) -> None:
+        """Run until stop() is called."""
+        self._run_forever_setup()
         try:
-            self._set_running_thread(True)
-            sys.set_asyncgen_hooks(
-                firstiter=self._asyncgen_firstiter_hook,
-                finalizer=self._asyncgen_finalizer_hook,
-            )
-            events._set_running_loop(self)
             self._run_forever_native()
         finally:
-            self._set_running_thread(False)
-            events._set_running_loop(None)
-            self._set_coroutine_origin_tracking(False)
-            sys.set_asyncgen_hooks(*saved_hooks)
+            self._run_forever_cleanup()
 
     def run_until_complete(self, future: Any) -> Any:
         """Run until the future (or coroutine, wrapped in a task) is done; return its result."""
@@ -234,7 +287,7 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
                 logger.error("Exception in default exception handler", exc_info=True)
             return
         try:
-            handler(self, context)
+            _run_exception_handler(handler, self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:

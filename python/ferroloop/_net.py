@@ -269,6 +269,10 @@ for _source, _names in _BORROWED:
     for _name in _names:
         if _name == "_stop_serving" and "_stop_serving" in NetworkingMixin.__dict__:
             continue  # 3.13's own, above
+        if _name not in _source.__dict__ and sys.version_info >= (3, 14):
+            # 3.14 (not run here) removed child watchers; a name it no longer has is not
+            # borrowed. On 3.11-3.13 every name must exist (a KeyError at import says so).
+            continue
         setattr(NetworkingMixin, _name, _source.__dict__[_name])
 del _source, _names, _name
 NetworkingMixin._make_socket_transport = _make_socket_transport  # type: ignore[attr-defined]

@@ -65,9 +65,21 @@ def _explicit_child_watcher() -> Any:
     create a `ThreadedChildWatcher` (and warns from Python 3.12 on)."""
     policy = getattr(events, "_event_loop_policy", None)
     watcher = getattr(policy, "_watcher", None)
-    if watcher is None or type(watcher) is unix_events.ThreadedChildWatcher:
+    if watcher is None or type(watcher) in _DEFAULT_WATCHERS:
         return None
     return watcher
+
+
+# The watchers asyncio's policy creates by itself: 3.11 a ThreadedChildWatcher; 3.12 and 3.13
+# a PidfdChildWatcher where pidfd_open works, else a ThreadedChildWatcher (the policy's
+# `_init_watcher`). Neither depends on a loop, and ferroloop's own watching does what they do
+# (pidfd, else a thread per child), so a default one left on the policy by any earlier
+# `get_child_watcher()` call does not take over. 3.14 removed child watchers (not run here).
+_DEFAULT_WATCHERS = tuple(
+    getattr(unix_events, name)
+    for name in ("ThreadedChildWatcher", "PidfdChildWatcher")
+    if hasattr(unix_events, name)
+)
 
 
 def _reap_nohang(pid: int) -> Any:
