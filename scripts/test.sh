@@ -6,7 +6,9 @@
 #   PYTHONS="3.12 3.13"  run only these versions
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/pythons.sh
+# shellcheck source=scripts/pythons.sh
+. scripts/pythons.sh
+SUPPORTED_PYTHONS="3.11 3.12 3.13"
 started=$SECONDS
 # Real servers the example tests start on loopback ports of their own (Debian packages).
 missing=()
@@ -18,9 +20,8 @@ if ((${#missing[@]})); then
 fi
 
 versions=()
-for minor in ${PYTHONS:-${SUPPORTED_PYTHONS[*]}}; do
-    py=$(find_python "$minor")
-    if [[ -z $py ]]; then
+for minor in ${PYTHONS:-$SUPPORTED_PYTHONS}; do
+    if ! py=$(find_python "$minor"); then
         echo "skipped: python$minor not installed"
         continue
     fi
@@ -36,7 +37,7 @@ fi
 echo "== lint: cargo fmt, clippy, ruff"
 cargo fmt --check
 cargo clippy --release --quiet -- -D warnings
-".venv-${versions[0]}/bin/ruff" check python tests bench examples
+".venv-${versions[0]}/bin/ruff" check python tests bench examples scripts
 
 failed=()
 for minor in "${versions[@]}"; do
@@ -45,6 +46,10 @@ for minor in "${versions[@]}"; do
     echo "== CPython $minor asyncio conformance"
     ".venv-$minor/bin/python" tests/conformance/run.py || failed+=("conformance-$minor")
 done
+echo "== wheels (one per CPython found) and sdist: build, install each in a fresh venv with no Rust on PATH, smoke-test"
+export MATURIN=".venv-${versions[0]}/bin/maturin"
+VERSIONS="${versions[*]}" bash scripts/wheels.sh || failed+=(wheels)
+VERSIONS="${versions[*]}" SDIST_PYTHON="${versions[0]}" bash scripts/wheel_smoke.sh || failed+=(wheel-smoke)
 echo "== test.sh: versions ${versions[*]} in $((SECONDS - started)) s"
 if ((${#failed[@]})); then
     echo "FAILED: ${failed[*]}"

@@ -6,7 +6,7 @@
 # Quiet: a step's output is shown only when it fails. Idempotent: dist/ is first emptied of
 # ferroloop files, and each interpreter has its own cargo target dir (target/wheels/cpXY), as
 # PyO3 recompiles everything when the interpreter changes: a second run recompiles nothing.
-# maturin comes from .venv (scripts/setup.sh) if that has it, else from a venv made here under
+# maturin comes from $MATURIN if set, else .venv (scripts/setup.sh) if that has it, else from a venv made here under
 # .cache/ (git-ignored).
 #
 # Tag: linked against this machine's glibc (2.36), Rust's std binds pthread_key_create,
@@ -38,7 +38,9 @@ run() {
     fi
 }
 
-if [[ -x .venv/bin/maturin ]]; then
+if [[ -n ${MATURIN:-} ]]; then
+    : # the caller's (scripts/test.sh passes the one in its first venv)
+elif [[ -x .venv/bin/maturin ]]; then
     MATURIN=.venv/bin/maturin
 else
     MATURIN=.cache/wheels-venv/bin/maturin

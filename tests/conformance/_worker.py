@@ -232,6 +232,11 @@ class Result(unittest.TestResult):
 
     def stopTest(self, test) -> None:
         super().stopTest(test)
+        if test is not self._current:
+            # 3.12+ skips a skipped test without startTest() but still calls stopTest();
+            # addSkip() has already recorded it.
+            self._arm()
+            return
         secs = round(time.monotonic() - self._started, 3)
         status, reason = self._status or "error", self._reason
         if not self._status:
