@@ -183,6 +183,31 @@ def case_tasks_gather(loop: Loop, n: int) -> int:
     return done
 
 
+def case_eager_tasks_gather(loop: Loop, n: int) -> int:
+    """create_task + gather of 1000 tasks under asyncio.eager_task_factory (3.12+): half of
+    the coroutines finish inside create_task, half suspend once (the shape of a cache that
+    mostly hits)."""
+    done = 0
+
+    async def hit() -> int:
+        return 1
+
+    async def miss() -> int:
+        await asyncio.sleep(0)
+        return 1
+
+    async def driver() -> None:
+        nonlocal done
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        create_task = loop.create_task
+        for _ in range(_batches(n)):
+            tasks = [create_task(hit() if i & 1 else miss()) for i in range(BATCH)]
+            done += sum(await asyncio.gather(*tasks))
+
+    loop.run_until_complete(driver())
+    return done
+
+
 def case_future_pingpong(loop: Loop, n: int) -> int:
     trips = 0
     inbox: list[asyncio.Future[asyncio.Future[None]]] = [loop.create_future()]
@@ -261,6 +286,7 @@ class Case:
     target: float | None  # the issue's bound on ferroloop/uvloop CPU per op
     title: str
     cpus: int = 1  # cores the worker is pinned to
+    min_python: tuple[int, int] = (3, 11)  # the first version whose asyncio has the feature
 
 
 CASES: dict[str, Case] = {
@@ -291,6 +317,14 @@ CASES: dict[str, Case] = {
             20_000,
             0.85,
             "create_task + gather (x1000)",
+        ),
+        Case(
+            "eager_tasks_gather",
+            case_eager_tasks_gather,
+            20_000,
+            None,
+            "eager create_task + gather (x1000)",
+            min_python=(3, 12),
         ),
         Case(
             "future_pingpong",
@@ -700,6 +734,10 @@ def main(argv: Sequence[str]) -> int:
     loops, probes = select_loops(parse_names(args.loops, list(LOOPS), "loops"))
     case_names = parse_names(args.cases, list(CASES), "cases") or list(CASES)
     cases = [CASES[name] for name in case_names]
+    skipped = [c.name for c in cases if sys.version_info[:2] < c.min_python]
+    for name in skipped:
+        print(f"skipped: {name} needs Python {'.'.join(map(str, CASES[name].min_python))}+")
+    cases = [c for c in cases if c.name not in skipped]
     settings: dict[str, Any] = {
         "mode": "quick" if args.quick else "default",
         "scale": 1 if args.quick else 3,
