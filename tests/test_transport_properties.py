@@ -13,9 +13,10 @@ asyncio's `_SelectorSocketTransport` guarantees:
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.timeout(120)
@@ -159,4 +160,14 @@ async def scenario(
 )
 @given(ops=st.lists(OPS, max_size=12), ending=ENDINGS)
 def test_random_transport_call_sequences_keep_asyncio_invariants(loop, ops, ending):
+    if stock_writelines_hangs_on_empty_chunks(loop):
+        # asyncio 3.12+'s sendmsg path never drains an empty chunk given to writelines(), so
+        # its transport never finishes closing (CPython gh-155888). ferroloop still gets them.
+        assume(not any(op == "writelines" and 0 in arg for op, arg in ops))
     loop.run_until_complete(scenario(loop, ops, ending))
+
+
+def stock_writelines_hangs_on_empty_chunks(loop: asyncio.AbstractEventLoop) -> bool:
+    import ferroloop
+
+    return not isinstance(loop, ferroloop.Loop) and sys.version_info >= (3, 12)
