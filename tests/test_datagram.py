@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import socket
+import sys
 import warnings
 from typing import Any
 
@@ -20,6 +21,10 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 TIMEOUT = 5.0
+# asyncio 3.13 sends an empty datagram (3.11 and 3.12 drop it) and counts 8 header bytes per
+# queued datagram in get_write_buffer_size() (gh-113812).
+EMPTY_DATAGRAM = [b""] if sys.version_info >= (3, 13) else []
+HEADER_BYTES = 8 if sys.version_info >= (3, 13) else 0
 
 
 class Recorder(asyncio.DatagramProtocol):
@@ -156,10 +161,10 @@ def test_udp_echo(loop, family):
         client_addr = ct.get_extra_info("sockname")
         ct.sendto(b"one", server_addr)
         ct.sendto(b"two", server_addr[:2])  # (host, port) on an IPv6 socket too
-        ct.sendto(b"", server_addr)  # empty data: nothing is sent (asyncio)
+        ct.sendto(b"", server_addr)  # empty: dropped before 3.13, a datagram from 3.13 on
         ct.sendto(b"three", server_addr)
         await asyncio.wait_for(cp.got, TIMEOUT)
-        assert [d for d, _ in cp.datagrams] == [b"one", b"two", b"three"]
+        assert [d for d, _ in cp.datagrams] == [b"one", b"two", *EMPTY_DATAGRAM, b"three"][:3]
         # Addresses exactly as socket.recvfrom gives them: (host, port) for IPv4,
         # (host, port, flowinfo, scope_id) for IPv6.
         assert {a for _, a in cp.datagrams} == {server_addr}
@@ -355,13 +360,14 @@ def test_sendto_data_types(loop):
         ct, _ = await loop.create_datagram_endpoint(Recorder, remote_addr=addr)
         ct.sendto(bytearray(b"bytearray"))
         ct.sendto(memoryview(b"--memoryview--")[2:-2])
-        ct.sendto(memoryview(bytearray(b"")))  # empty: nothing sent
+        ct.sendto(memoryview(bytearray(b"")))  # empty: sent from 3.13 on
         ct.sendto(b"bytes")
         for bad in ("text", 42, None, [1, 2]):
             with pytest.raises(TypeError, match="data argument must be a bytes-like object"):
                 ct.sendto(bad)
         await asyncio.wait_for(sp.got, TIMEOUT)
-        assert [d for d, _ in sp.datagrams] == [b"bytearray", b"memoryview", b"bytes"]
+        expected = [b"bytearray", b"memoryview", *EMPTY_DATAGRAM, b"bytes"][:3]
+        assert [d for d, _ in sp.datagrams] == expected
         ct.close()
         st.close()
         await asyncio.sleep(0)
@@ -377,10 +383,14 @@ def _unix_sink(tmp_path: Any) -> tuple[socket.socket, str]:
     return sink, path
 
 
-def test_queue_and_flow_control_when_peer_does_not_read(loop, tmp_path):
+def test_queue_and_flow_control_when_peer_does_not_read(loop, loop_kind, tmp_path):
     """A Unix datagram peer that does not read makes sendto() hit EAGAIN (UDP on Linux
     rarely does): datagrams are queued (copied), pause_writing/resume_writing are called at
     the water marks, and every datagram arrives, in order, once the peer reads."""
+    if loop_kind == "asyncio" and (3, 13) <= sys.version_info < (3, 13, 6):
+        # 3.13 counts 8 header bytes per queued datagram but, until gh-135444 was fixed,
+        # never took them off when the datagram was sent: the buffer size never returns to 0.
+        pytest.skip("stock asyncio 3.13 datagram accounting bug gh-135444")
     sink, path = _unix_sink(tmp_path)
     size, count = 1000, 60
 
@@ -398,8 +408,11 @@ def test_queue_and_flow_control_when_peer_does_not_read(loop, tmp_path):
         t.sendto(mutable)  # queued: later changes must not reach the peer
         mutable[:] = b"changed!" * 10
         t.sendto(memoryview(payloads[-1]))
+        # k datagrams are queued: k - 1 of `size` bytes and the 80-byte one, each counted with
+        # 8 header bytes from 3.13 on (gh-113812).
         queued = t.get_write_buffer_size()
-        assert queued % size == len(b"original" * 10) % size
+        extra = len(b"original" * 10) + HEADER_BYTES
+        assert queued >= extra and (queued - extra) % (size + HEADER_BYTES) == 0
         got = []
         while len(got) < count + 1:
             got.append(await asyncio.wait_for(loop.sock_recv(sink, 2 * size), TIMEOUT))

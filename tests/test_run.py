@@ -12,9 +12,8 @@ import threading
 import time
 import weakref
 
-import pytest
-
 import ferroloop
+import pytest
 
 CLOSED = "Event loop is closed"
 ALREADY_RUNNING = "This event loop is already running"

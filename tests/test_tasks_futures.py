@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import time
 
 import pytest
@@ -129,7 +130,11 @@ def test_task_factory(loop):
     assert loop.run_until_complete(plain) == 4
 
 
-def test_task_factory_result_is_returned_as_is(loop):
+def test_task_factory_result_is_returned_as_is(loop, loop_kind):
+    if loop_kind == "asyncio" and (3, 13) <= sys.version_info < (3, 13, 3):
+        # 3.13.0-3.13.2 call set_name(None) on whatever the factory returned (gh-130033):
+        # an AttributeError here, and every factory-made task named "None".
+        pytest.skip("stock asyncio 3.13.0-3.13.2 bug gh-130033")
     sentinel_fut = loop.create_future()
     sentinel_fut.set_result("from factory")
 

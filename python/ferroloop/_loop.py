@@ -96,12 +96,13 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
             # collector rather than at once (close() still releases everything at once).
             self.call_soon = LoopCore.call_soon.__get__(self, type(self))
 
-    if sys.version_info >= (3, 14):
+    if sys.version_info >= (3, 13, 3):
 
         def create_task(self, coro: Any, **kwargs: Any) -> Any:
-            """3.14: every keyword argument goes to the task factory, or to `asyncio.Task`
-            (asyncio 3.14's `BaseEventLoop.create_task`; written from its source, not run
-            here). The common case (no factory; name/context at most) stays native."""
+            """3.13.3+ and 3.14: every keyword argument goes to the task factory, or to
+            `asyncio.Task` (gh-128308, backported to 3.13.3; written from the source, not run
+            here: this machine has 3.13.0). The common case (no factory; name/context at
+            most) stays native."""
             if self.get_task_factory() is None and kwargs.keys() <= {"name", "context"}:
                 return LoopCore.create_task(self, coro, **kwargs)
             self._check_closed()

@@ -368,7 +368,34 @@ pub struct DatagramTransport {
     native_recv: bool,
     /// asyncio's `self._extra['peername']` is true: send with `send()`.
     connected: bool,
+    /// What the running interpreter's asyncio does with datagrams (see `DatagramRules`).
+    rules: DatagramRules,
     state: GilCell<State>,
+}
+
+/// The parts of `_SelectorDatagramTransport.sendto` that changed between CPython versions.
+/// 3.11 and 3.12 drop an empty datagram and count a queued datagram's data bytes; 3.13 sends
+/// an empty datagram (it is a valid UDP packet) and counts 8 more bytes per queued datagram
+/// for its header (gh-113812), so flow control pauses on many small datagrams too.
+#[derive(Clone, Copy)]
+struct DatagramRules {
+    send_empty: bool,
+    header_bytes: usize,
+}
+
+impl DatagramRules {
+    fn for_interpreter(py: Python<'_>) -> Self {
+        let since_313 = py.version_info() >= (3, 13);
+        DatagramRules {
+            send_empty: since_313,
+            header_bytes: if since_313 { 8 } else { 0 },
+        }
+    }
+
+    /// What one queued datagram adds to `get_write_buffer_size()`.
+    fn queued_size(self, data: &[u8]) -> usize {
+        data.len() + self.header_bytes
+    }
 }
 
 impl DatagramTransport {
@@ -637,6 +664,7 @@ impl DatagramTransport {
             family,
             native_recv: matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX),
             connected,
+            rules: DatagramRules::for_interpreter(event_loop.py()),
             state: GilCell::new(State {
                 link: Link::new(event_loop.unbind(), owner),
                 sock: Some(sock),
@@ -758,7 +786,7 @@ impl DatagramTransport {
                 let Some(item) = st.queue.pop_front() else {
                     break;
                 };
-                st.link.queued -= item.0.bind(py).as_bytes().len();
+                st.link.queued -= this.rules.queued_size(item.0.bind(py).as_bytes());
                 item
             };
             let (data, addr) = (item.0.bind(py), item.1.bind(py));
@@ -766,7 +794,7 @@ impl DatagramTransport {
                 Sent::Done => {}
                 Sent::WouldBlock => {
                     let mut st = this.state.borrow_mut(py)?;
-                    st.link.queued += data.as_bytes().len();
+                    st.link.queued += this.rules.queued_size(data.as_bytes());
                     st.queue.push_front(item);
                     break;
                 }
@@ -816,7 +844,7 @@ impl DatagramTransport {
         } else {
             !data.is_truthy()?
         };
-        if empty {
+        if empty && !this.rules.send_empty {
             return Ok(());
         }
         let mut addr = addr.unwrap_or_else(|| py.None().into_bound(py));
@@ -863,7 +891,7 @@ impl DatagramTransport {
         };
         {
             let mut st = this.state.borrow_mut(py)?;
-            st.link.queued += copy.as_bytes().len();
+            st.link.queued += this.rules.queued_size(copy.as_bytes());
             st.queue.push_back((copy.unbind(), addr.unbind()));
         }
         common::maybe_pause_protocol(slf)
