@@ -187,11 +187,12 @@ def test_call_later_args_and_context(loop):
     ctx = contextvars.copy_context()
     ctx.run(var.set, "in ctx")
     calls = []
+    # 50 ms apart, so a busy machine cannot reorder them (each is due at its own `when`).
     loop.call_later(
-        0.001, lambda a, b: calls.append((a, b, var.get())), 1, 2, context=ctx
+        0.05, lambda a, b: calls.append((a, b, var.get())), 1, 2, context=ctx
     )
     loop.call_at(loop.time(), lambda a: calls.append((a, var.get())), 3, context=ctx)
-    loop.call_later(0.01, loop.stop)
+    loop.call_later(0.1, loop.stop)
     loop.run_forever()
     assert calls == [(3, "in ctx"), (1, 2, "in ctx")]
 
