@@ -774,7 +774,9 @@ def main(argv: Sequence[str]) -> int:
     for case_name, name, error in failures:
         print(f"FAILED {name} {case_name}: {error}", file=sys.stderr)
     print(f"\nwall time {settings['wall_s']} s; raw results: {out}", file=sys.stderr)
-    return 1 if failures else 0
+    # Another loop failing a case is a finding to report (uvloop 0.23 cannot run an eager
+    # task factory on 3.13), not a failure of this run; ferroloop failing one is.
+    return 1 if any(name == "ferroloop" for _, name, _ in failures) else 0
 
 
 if __name__ == "__main__":
