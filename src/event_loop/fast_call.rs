@@ -15,6 +15,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
@@ -108,9 +109,14 @@ unsafe fn parse<'py>(
         // SAFETY: `kwnames` is a tuple of str per the calling convention.
         let names = unsafe { Bound::from_borrowed_ptr(py, kwnames) };
         let names = names.cast::<PyTuple>()?;
+        let context_name = intern!(py, "context");
         for (i, key) in names.iter().enumerate() {
-            let key = key.cast_into::<PyString>()?;
-            if key.to_str()? != "context" {
+            // The C Task and Future pass CPython's interned "context", the same object as
+            // ours: a pointer comparison settles the common case.
+            let is_context =
+                key.is(context_name) || key.cast_into::<PyString>()?.to_str()? == "context";
+            if !is_context {
+                let key = names.get_item(i)?;
                 return Err(PyTypeError::new_err(format!(
                     "{name}() got an unexpected keyword argument '{key}'"
                 )));
