@@ -16,11 +16,48 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
 
+/// The positional arguments of a callback. A single argument (the common case after no
+/// argument: a Future's done callback is `call_soon(cb, fut, context=ctx)`) is kept as is,
+/// so scheduling builds no tuple and running it is a one-argument vectorcall; a tuple is
+/// made only if Python code asks for `handle._args`.
+pub enum Args {
+    Empty,
+    One(Py<PyAny>),
+    Tuple(Py<PyTuple>),
+}
+
+impl Args {
+    /// From an arguments tuple (e.g. `add_reader(fd, cb, *args)`); an empty one is `Empty`.
+    pub fn from_tuple(args: Bound<'_, PyTuple>) -> Self {
+        if args.is_empty() {
+            Args::Empty
+        } else {
+            Args::Tuple(args.unbind())
+        }
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Args::Empty => Args::Empty,
+            Args::One(a) => Args::One(a.clone_ref(py)),
+            Args::Tuple(t) => Args::Tuple(t.clone_ref(py)),
+        }
+    }
+
+    /// asyncio's `Handle._args`: always a tuple.
+    fn to_tuple(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match self {
+            Args::Empty => PyTuple::empty(py).into_any().unbind(),
+            Args::One(a) => PyTuple::new(py, [a.bind(py)])?.into_any().unbind(),
+            Args::Tuple(t) => t.clone_ref(py).into_any(),
+        })
+    }
+}
+
 /// What a handle runs. Cleared on cancel.
 struct Payload {
     callback: Option<Py<PyAny>>,
-    /// `None` when the callback takes no arguments (the common case for tasks).
-    args: Option<Py<PyTuple>>,
+    args: Args,
     context: Py<PyAny>,
     /// `asyncio.format_helpers.extract_stack()` at creation, in debug mode only.
     source_traceback: Option<Py<PyAny>>,
@@ -28,17 +65,12 @@ struct Payload {
     repr_at_cancel: Option<Py<PyAny>>,
 }
 
-/// Freelist: a busy loop creates and drops one handle per callback. Reusing them skips the
-/// allocator and, more importantly, CPython's GC allocation count, which otherwise triggers
-/// a young-generation collection every 700 handles (measured: call_soon 220 -> 180 ns/op).
-/// Always create instances with `new_tracked`.
-#[pyclass(
-    frozen,
-    subclass,
-    weakref,
-    freelist = 1024,
-    module = "ferroloop._ferroloop"
-)]
+/// Recycled through a free list (`crate::freelist`): a busy loop creates and drops one
+/// handle per callback. Reusing them skips the allocator and, more importantly, CPython's GC
+/// allocation count, which otherwise triggers a young-generation collection every 700
+/// handles (measured: call_soon 220 -> 180 ns/op). Always create instances with
+/// `new_tracked`.
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
 pub struct Handle {
     payload: GilCell<Payload>,
     cancelled: AtomicBool,
@@ -48,14 +80,14 @@ pub struct Handle {
 /// reference so that the handle may be cancelled (or dropped) while the callback runs.
 pub struct Runnable {
     pub callback: Py<PyAny>,
-    pub args: Option<Py<PyTuple>>,
+    pub args: Args,
     pub context: Py<PyAny>,
 }
 
 impl Handle {
     pub fn new(
         callback: Py<PyAny>,
-        args: Option<Py<PyTuple>>,
+        args: Args,
         context: Py<PyAny>,
         source_traceback: Option<Py<PyAny>>,
     ) -> Self {
@@ -84,7 +116,7 @@ impl Handle {
         let p = self.payload.borrow(py)?;
         Ok(p.callback.as_ref().map(|cb| Runnable {
             callback: cb.clone_ref(py),
-            args: p.args.as_ref().map(|a| a.clone_ref(py)),
+            args: p.args.clone_ref(py),
             context: p.context.clone_ref(py),
         }))
     }
@@ -113,7 +145,10 @@ impl Handle {
         let dropped = {
             let mut p = this.payload.borrow_mut(py)?;
             p.repr_at_cancel = repr;
-            (p.callback.take(), p.args.take())
+            (
+                p.callback.take(),
+                std::mem::replace(&mut p.args, Args::Empty),
+            )
         };
         drop(dropped);
         Ok(true)
@@ -130,8 +165,9 @@ impl Handle {
                 return Err(PyErr::fetch(py));
             }
             let result = match &r.args {
-                None => ffi::PyObject_CallNoArgs(r.callback.as_ptr()),
-                Some(args) => {
+                Args::Empty => ffi::PyObject_CallNoArgs(r.callback.as_ptr()),
+                Args::One(arg) => ffi::PyObject_CallOneArg(r.callback.as_ptr(), arg.as_ptr()),
+                Args::Tuple(args) => {
                     ffi::PyObject_Call(r.callback.as_ptr(), args.as_ptr(), std::ptr::null_mut())
                 }
             };
@@ -153,10 +189,29 @@ impl Handle {
     }
 }
 
-/// `Py::new` for the freelist classes below, making sure the object is tracked by the cycle
-/// collector. PyO3 0.30's freelist hands back a recycled object without re-tracking it
-/// (PyO3 PR #6442), which would make cycles through a reused handle uncollectable; fresh
-/// allocations are already tracked.
+crate::gil_freelist!(HANDLE_FREELIST, handle_alloc, handle_free);
+crate::gil_freelist!(TIMER_HANDLE_FREELIST, timer_handle_alloc, timer_handle_free);
+
+/// Points the allocation slots of `Handle` and `TimerHandle` at their free lists. Called once
+/// by module initialisation, after both classes are created.
+pub fn install_freelists(py: Python<'_>) {
+    crate::freelist::FreeList::install(
+        &HANDLE_FREELIST,
+        &py.get_type::<Handle>(),
+        handle_alloc,
+        handle_free,
+    );
+    crate::freelist::FreeList::install(
+        &TIMER_HANDLE_FREELIST,
+        &py.get_type::<TimerHandle>(),
+        timer_handle_alloc,
+        timer_handle_free,
+    );
+}
+
+/// `Py::new` for the recycled classes below, making sure the object is tracked by the cycle
+/// collector: a recycled object comes back untracked (its dealloc untracked it), which would
+/// make cycles through a reused handle uncollectable; fresh allocations are already tracked.
 pub fn new_tracked<T: pyo3::PyClass>(
     py: Python<'_>,
     init: impl Into<PyClassInitializer<T>>,
@@ -189,7 +244,11 @@ impl Handle {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(p) = self.payload.borrow_for_traverse() {
             visit.call(&p.callback)?;
-            visit.call(&p.args)?;
+            match &p.args {
+                Args::Empty => {}
+                Args::One(a) => visit.call(a)?,
+                Args::Tuple(t) => visit.call(t)?,
+            }
             visit.call(&p.context)?;
             visit.call(&p.source_traceback)?;
             visit.call(&p.repr_at_cancel)?;
@@ -200,7 +259,11 @@ impl Handle {
     fn __clear__(&self) {
         Python::attach(|py| {
             let dropped = match self.payload.borrow_mut(py) {
-                Ok(mut p) => (p.callback.take(), p.args.take(), p.source_traceback.take()),
+                Ok(mut p) => (
+                    p.callback.take(),
+                    std::mem::replace(&mut p.args, Args::Empty),
+                    p.source_traceback.take(),
+                ),
                 Err(_) => return,
             };
             drop(dropped);
@@ -245,10 +308,7 @@ impl Handle {
         if p.callback.is_none() {
             return Ok(None);
         }
-        Ok(Some(match &p.args {
-            Some(a) => a.clone_ref(py).into_any(),
-            None => PyTuple::empty(py).into_any().unbind(),
-        }))
+        Ok(Some(p.args.to_tuple(py)?))
     }
 
     #[getter]
@@ -302,7 +362,8 @@ fn timers_equal(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyRes
 }
 
 /// A handle scheduled for a point in time (`call_later`/`call_at`).
-#[pyclass(frozen, extends = Handle, freelist = 1024, module = "ferroloop._ferroloop")]
+/// Recycled through its own free list, like `Handle`.
+#[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
 pub struct TimerHandle {
     when: f64,
     /// True while the handle sits in the loop's timer heap.

@@ -3,6 +3,7 @@
 
 mod errors;
 mod event_loop;
+mod freelist;
 mod gil_cell;
 mod handles;
 mod sock_ops;
@@ -17,6 +18,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::fast_call::install(py, &py.get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    handles::install_freelists(py);
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sock_ops::SockRecv>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;

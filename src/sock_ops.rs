@@ -89,7 +89,10 @@ impl SockRecv {
             },
         )?;
         let lp = event_loop.get();
-        let handle = new_tracked(py, lp.new_handle(py, op.clone().into_any(), None, None)?)?;
+        let handle = new_tracked(
+            py,
+            lp.new_handle(py, op.clone().into_any(), crate::handles::Args::Empty, None)?,
+        )?;
         op.get().wait.borrow_mut(py)?.handle = Some(handle.clone_ref(py));
         if let Some(old) = lp.set_watcher(py, fd, Direction::Read, Some(handle))? {
             old.bind(py).call_method0(intern!(py, "cancel"))?;

@@ -15,18 +15,20 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 
 use super::LoopCore;
+use crate::handles::Args;
 
 /// The parsed arguments of `call_soon(callback, *args, context=None)` and of
 /// `call_later(delay, ...)` / `call_at(when, ...)` (`time` holds delay or when).
 pub struct CallArgs<'py> {
     pub time: Option<Bound<'py, PyAny>>,
     pub callback: Bound<'py, PyAny>,
-    pub args: Option<Bound<'py, PyTuple>>,
+    pub args: Args,
     pub context: Option<Bound<'py, PyAny>>,
 }
 
@@ -90,23 +92,31 @@ unsafe fn parse<'py>(
     let time = (lead == 1).then(|| unsafe { Bound::from_borrowed_ptr(py, positional[0]) });
     // SAFETY: a valid borrowed reference (see above).
     let callback = unsafe { Bound::from_borrowed_ptr(py, positional[lead]) };
-    let extra = if nargs > lead + 1 {
-        // SAFETY: each pointer is a valid borrowed reference; `new` takes its own references.
-        let items = positional[lead + 1..]
-            .iter()
-            .map(|&p| unsafe { Bound::from_borrowed_ptr(py, p) });
-        Some(PyTuple::new(py, items)?)
-    } else {
-        None
+    let extra = match &positional[lead + 1..] {
+        [] => Args::Empty,
+        // SAFETY: a valid borrowed reference (see above); `from_borrowed_ptr` takes its own.
+        [one] => Args::One(unsafe { Bound::from_borrowed_ptr(py, *one) }.unbind()),
+        more => {
+            // SAFETY: each pointer is a valid borrowed reference; `new` takes its own references.
+            let items = more
+                .iter()
+                .map(|&p| unsafe { Bound::from_borrowed_ptr(py, p) });
+            Args::Tuple(PyTuple::new(py, items)?.unbind())
+        }
     };
     let mut context = None;
     if !kwnames.is_null() {
         // SAFETY: `kwnames` is a tuple of str per the calling convention.
         let names = unsafe { Bound::from_borrowed_ptr(py, kwnames) };
         let names = names.cast::<PyTuple>()?;
+        let context_name = intern!(py, "context");
         for (i, key) in names.iter().enumerate() {
-            let key = key.cast_into::<PyString>()?;
-            if key.to_str()? != "context" {
+            // The C Task and Future pass CPython's interned "context", the same object as
+            // ours: a pointer comparison settles the common case.
+            let is_context =
+                key.is(context_name) || key.cast_into::<PyString>()?.to_str()? == "context";
+            if !is_context {
+                let key = names.get_item(i)?;
                 return Err(PyTypeError::new_err(format!(
                     "{name}() got an unexpected keyword argument '{key}'"
                 )));

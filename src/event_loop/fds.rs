@@ -10,7 +10,7 @@ use pyo3::types::{PyInt, PyTuple};
 
 use super::poller::{Ready, ERROR_OR_HUP, READABLE, WRITABLE};
 use super::{LoopCore, State};
-use crate::handles::{new_tracked, Handle};
+use crate::handles::{new_tracked, Args, Handle};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -145,7 +145,10 @@ impl LoopCore {
         let this = slf.get();
         this.check_callback(&callback, method, true)?;
         let fd = fileobj_to_fd(fd)?;
-        let handle = new_tracked(py, this.new_handle(py, callback, Some(args), None)?)?;
+        let handle = new_tracked(
+            py,
+            this.new_handle(py, callback, Args::from_tuple(args), None)?,
+        )?;
         if let Some(old) = this.set_watcher(py, fd, dir, Some(handle.clone_ref(py)))? {
             old.bind(py).call_method0("cancel")?;
         }

@@ -31,7 +31,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
-use crate::handles::{new_tracked, Handle, TimerHandle};
+use crate::handles::{new_tracked, Args, Handle, TimerHandle};
 use fds::{Direction, Watchers};
 use poller::{Poller, Ready};
 use timers::Timers;
@@ -221,10 +221,9 @@ impl LoopCore {
         &self,
         py: Python<'_>,
         callback: Bound<'_, PyAny>,
-        args: Option<Bound<'_, PyTuple>>,
+        args: Args,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Handle> {
-        let args = args.filter(|a| !a.is_empty()).map(Bound::unbind);
         let context = context_or_copy(py, context)?;
         Ok(Handle::new(
             callback.unbind(),
@@ -310,7 +309,7 @@ impl LoopCore {
         py: Python<'_>,
         when: f64,
         callback: Bound<'_, PyAny>,
-        args: Option<Bound<'_, PyTuple>>,
+        args: Args,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let base = self.new_handle(py, callback, args, context)?;

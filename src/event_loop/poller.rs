@@ -157,14 +157,21 @@ impl Poller {
     }
 
     /// Called by the loop thread, holding the GIL, around a blocking wait.
+    ///
+    /// Relaxed is enough: `sleeping` is only written and read with the GIL held, and the
+    /// GIL's release and acquire order these accesses and the ready queue's. A waking thread
+    /// can only queue work after the loop thread released the GIL, i.e. after it set the
+    /// flag (or, if the loop released the GIL earlier, while running callbacks, before it
+    /// looks at its queue). A SeqCst store is an `xchg` on x86, a full barrier the loop paid
+    /// twice per iteration: about 2% of an `await sleep(0)` under perf on CPython 3.13.
     pub fn set_sleeping(&self, sleeping: bool) {
-        self.sleeping.store(sleeping, Ordering::SeqCst);
+        self.sleeping.store(sleeping, Ordering::Relaxed);
     }
 
     /// Wakes the loop if it sleeps (or is about to) in `wait`. Call with the GIL held, after
     /// queueing the work the loop should see.
     pub fn wake_if_sleeping(&self) {
-        if self.sleeping.load(Ordering::SeqCst) {
+        if self.sleeping.load(Ordering::Relaxed) {
             self.wake();
         }
     }

@@ -19,7 +19,8 @@ impl LoopCore {
     /// Drops cancelled timers from the heap and says how long the next wait may last
     /// (milliseconds, -1 for no limit).
     pub(super) fn prepare_wait(&self, py: Python<'_>) -> PyResult<(i32, bool, Vec<Ready>)> {
-        let mut dropped: Vec<TimerEntry> = Vec::new();
+        // An Option, so that the common case (nothing cancelled) has no Vec to drop.
+        let mut dropped: Option<Vec<TimerEntry>> = None;
         let result = {
             let mut st = self.state.borrow_mut(py)?;
             let cancelled = self.timers_cancelled.load(Ordering::Relaxed);
@@ -27,7 +28,7 @@ impl LoopCore {
                 let (n, gone) = st.timers.purge_cancelled(py, cancelled);
                 self.timers_cancelled
                     .store(cancelled.saturating_sub(n), Ordering::Relaxed);
-                dropped = gone;
+                dropped = Some(gone);
             }
             let timeout = if !st.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
                 0
@@ -118,10 +119,14 @@ impl LoopCore {
     fn flush_deferred_writes(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         loop {
-            let pending = std::mem::take(&mut slf.get().state.borrow_mut(py)?.deferred_writes);
-            if pending.is_empty() {
-                return Ok(());
-            }
+            let pending = {
+                let mut st = slf.get().state.borrow_mut(py)?;
+                if st.deferred_writes.is_empty() {
+                    // The common case: no empty Vec made and dropped per iteration.
+                    return Ok(());
+                }
+                std::mem::take(&mut st.deferred_writes)
+            };
             for transport in pending {
                 StreamTransport::flush_deferred(transport.bind(py))?;
             }

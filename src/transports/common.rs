@@ -208,7 +208,7 @@ pub(crate) fn watch<C: TransportCore>(
                 };
                 Some(new_tracked(
                     py,
-                    lpb.new_handle(py, cb.into_any(), None, None)?,
+                    lpb.new_handle(py, cb.into_any(), crate::handles::Args::Empty, None)?,
                 )?)
             }
         }
