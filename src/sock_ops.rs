@@ -528,7 +528,7 @@ impl SockOp {
             return Ok(());
         }
         let fd = self.state.borrow(py)?.fd;
-        if let Some(old) = lp.set_watcher(py, fd, self.dir, None)? {
+        if let Some(old) = lp.clear_sock_watcher(py, fd, self.dir)? {
             Handle::cancel_inner(old.bind(py))?;
         }
         Ok(())
@@ -652,7 +652,20 @@ impl SockOp {
             st.future = Some(future.clone().unbind());
             st.phase = Phase::Waiting;
         }
-        if let Some(old) = core.set_watcher(py, fd, dir, Some(handle.clone_ref(py)))? {
+        let sock = this
+            .state
+            .borrow(py)?
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py));
+        let Some(sock) = sock else {
+            return Err(PyRuntimeError::new_err(
+                "cannot reuse already awaited coroutine",
+            ));
+        };
+        if let Some(old) =
+            core.set_sock_watcher(py, fd, dir, handle.clone_ref(py), sock.bind(py))?
+        {
             Handle::cancel_inner(old.bind(py))?;
         }
         this.state.borrow_mut(py)?.handle = Some(handle);

@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import tempfile
+import time
 
 import pytest
 
@@ -731,6 +732,8 @@ def test_connect_waits_then_completes_and_cancel_removes_the_watcher(loop):
             task = loop.create_task(loop.sock_connect(client, ("192.0.2.1", 9)))
             for _ in range(3):
                 await asyncio.sleep(0)
+            if not registered(loop, client.fileno()):
+                await asyncio.sleep(0.01)  # a network that answers (unreachable) at once
             if task.done():
                 pytest.skip(f"connect to a blackhole address finished: {task.exception()!r}")
             assert registered(loop, client.fileno())
@@ -922,5 +925,148 @@ def test_socket_subclass_without_overrides_and_instance_override(loop):
                 d.send(b"ignored")
                 await asyncio.sleep(0.01)
                 assert await loop.sock_recv(c, 100) == b"from the instance"
+
+    loop.run_until_complete(main())
+
+
+# ---------------------------------------------------------------------------------------
+# A socket between operations. (ferroloop keeps a finished operation's fd registered
+# edge-triggered for the next operation on the same socket object: these must hold anyway.)
+
+
+def test_finished_socket_receiving_data_does_not_spin_the_loop(loop):
+    async def main():
+        a, b = tcp_pair()
+        with a, b:
+            pending = loop.create_task(loop.sock_recv(a, 10))
+            await asyncio.sleep(0)
+            b.send(b"first")
+            assert await asyncio.wait_for(pending, WAIT) == b"first"
+            # Nobody reads now; data keeps arriving while the loop idles.
+            b.send(b"second")
+            cpu0 = time.process_time()
+            for _ in range(5):
+                b.send(b"more")
+                await asyncio.sleep(0.05)
+            assert time.process_time() - cpu0 < 0.1, "the loop spun on an unwatched socket"
+            assert await loop.sock_recv(a, 100) == b"second" + b"more" * 5
+
+    loop.run_until_complete(main())
+
+
+def reuse_fd(srv: socket.socket, closing: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """Closes `closing`, then connects a new socket that gets its fd number back (the lowest
+    free one) to `srv`; returns (new socket, its accepted peer)."""
+    fd = closing.fileno()
+    closing.close()
+    fillers = []  # take any lower free fd numbers
+    try:
+        for _ in range(10):
+            new = socket.socket()
+            if new.fileno() == fd:
+                break
+            fillers.append(new)
+        else:
+            pytest.skip("the fd number was not reused")
+    finally:
+        for f in fillers:
+            f.close()
+    new.connect(srv.getsockname())
+    peer, _ = srv.accept()
+    return nonblocking(new), nonblocking(peer)
+
+
+def test_fd_number_reused_by_a_new_socket_is_watched(loop):
+    async def main():
+        srv = listener()
+        a, b = tcp_pair()
+        with srv, b:
+            pending = loop.create_task(loop.sock_recv(a, 10))
+            await asyncio.sleep(0)
+            b.send(b"x")
+            assert await asyncio.wait_for(pending, WAIT) == b"x"
+            c, d = reuse_fd(srv, a)
+            with c, d:
+                pending = loop.create_task(loop.sock_recv(c, 10))
+                await asyncio.sleep(0.01)
+                assert not pending.done()
+                d.send(b"new")
+                assert await asyncio.wait_for(pending, WAIT) == b"new"
+
+    loop.run_until_complete(main())
+
+
+def test_closed_socket_whose_file_lives_on_in_a_dup(loop):
+    """The file of a closed socket stays open through a dup; its fd number goes to a new
+    socket. Data for the old file must not complete the new socket's call, nor spin the
+    loop."""
+
+    async def main():
+        srv = listener()
+        a, b = tcp_pair()
+        with srv, b:
+            pending = loop.create_task(loop.sock_recv(a, 10))
+            await asyncio.sleep(0)
+            b.send(b"x")
+            assert await asyncio.wait_for(pending, WAIT) == b"x"
+            dup = socket.socket(fileno=os.dup(a.fileno()))
+            c, d = reuse_fd(srv, a)
+            with dup, c, d:
+                pending = loop.create_task(loop.sock_recv(c, 10))
+                await asyncio.sleep(0.01)
+                cpu0 = time.process_time()
+                for _ in range(5):
+                    b.send(b"old")  # readable on the dup's file, not on `c`
+                    await asyncio.sleep(0.02)
+                assert time.process_time() - cpu0 < 0.1, "the loop spun"
+                assert not pending.done()
+                d.send(b"new")
+                assert await asyncio.wait_for(pending, WAIT) == b"new"
+                dup.setblocking(True)
+                assert dup.recv(100) == b"old" * 5
+
+    loop.run_until_complete(main())
+
+
+def test_reader_and_transport_after_sock_calls_are_level_triggered(loop):
+    async def main():
+        a, b = tcp_pair()
+        with a, b:
+            pending = loop.create_task(loop.sock_recv(a, 10))
+            await asyncio.sleep(0)
+            b.send(b"x")
+            assert await asyncio.wait_for(pending, WAIT) == b"x"
+            assert loop.remove_reader(a.fileno()) is False
+            # add_reader's contract: called again while data is left.
+            got = bytearray()
+            done = loop.create_future()
+
+            def on_readable():
+                got.extend(a.recv(1))
+                if len(got) == 3:
+                    loop.remove_reader(a.fileno())
+                    done.set_result(None)
+
+            loop.add_reader(a.fileno(), on_readable)
+            b.send(b"abc")
+            await asyncio.wait_for(done, WAIT)
+            assert got == b"abc"
+            # sock_* again on the same socket, then a transport over it.
+            pending = loop.create_task(loop.sock_recv(a, 10))
+            await asyncio.sleep(0)
+            b.send(b"y")
+            assert await asyncio.wait_for(pending, WAIT) == b"y"
+            received = loop.create_future()
+
+            class Proto(asyncio.Protocol):
+                def data_received(self, data):
+                    if not received.done():
+                        received.set_result(data)
+
+            transport, _ = await loop.create_connection(Proto, sock=a)
+            b.send(b"to the transport")
+            assert await asyncio.wait_for(received, WAIT) == b"to the transport"
+            transport.close()
+            await asyncio.sleep(0)
 
     loop.run_until_complete(main())

@@ -42,6 +42,9 @@ struct State {
     ready: VecDeque<Py<Handle>>,
     timers: Timers,
     fds: HashMap<RawFd, Watchers>,
+    /// Fds registered edge-triggered for the `sock_*` operations, kept registered between
+    /// operations (see `fds.rs`); whether or not an operation watches them now.
+    edge: HashMap<RawFd, fds::EdgeReg>,
     /// Reused buffer for readiness reports.
     events: Vec<Ready>,
     /// The handle running now, in debug mode (asyncio's `_current_handle`).
@@ -453,6 +456,9 @@ impl LoopCore {
             visit.call(&w.reader)?;
             visit.call(&w.writer)?;
         }
+        for e in st.edge.values() {
+            visit.call(&e.owner)?;
+        }
         visit.call(&st.current_handle)?;
         visit.call(&st.task_factory)?;
         visit.call(&st.loop_kwargs)?;
@@ -471,6 +477,7 @@ impl LoopCore {
                     std::mem::take(&mut st.ready),
                     st.timers.take_all(),
                     std::mem::take(&mut st.fds),
+                    std::mem::take(&mut st.edge),
                     st.current_handle.take(),
                     st.task_factory.take(),
                     st.loop_kwargs.take(),
@@ -875,6 +882,7 @@ impl LoopCore {
                 std::mem::take(&mut st.ready),
                 st.timers.take_all(),
                 std::mem::take(&mut st.fds),
+                std::mem::take(&mut st.edge),
             )
         };
         self.poller.close();
