@@ -58,9 +58,10 @@ const MAX_READ: usize = 256 * 1024;
 
 /// Socket methods the native path replaces. A subclass of `socket.socket` overriding any of
 /// them (or an instance whose `__dict__` does) takes the Python path.
-const SOCKET_METHODS: [&str; 15] = [
+const SOCKET_METHODS: [&str; 16] = [
     "fileno",
     "gettimeout",
+    "getblocking",
     "setblocking",
     "getsockopt",
     "recv",
@@ -353,6 +354,11 @@ struct State {
     sock: Option<Py<PyAny>>,
     /// The future the task waits on, while waiting and until the result is taken.
     future: Option<Py<PyAny>>,
+    /// The result the watcher set on the future (None: none, or `None`), returned when the
+    /// task resumes without asking the future again.
+    result: Option<Py<PyAny>>,
+    /// The watcher completed the future (with a result, not an exception).
+    completed: bool,
     /// Our watcher, while registered.
     handle: Option<Py<Handle>>,
     /// The fd our watcher watches (set when it is registered).
@@ -433,14 +439,21 @@ fn exact_int(obj: &Bound<'_, PyAny>) -> Option<isize> {
     obj.extract::<isize>().ok()
 }
 
-/// `StopIteration(value)` as the error that returns `value` from `__next__`. An instance is
-/// made here so a tuple result is not taken as the exception's arguments.
+/// `StopIteration(value)`: the error that returns `value` from `__next__`. Raised as
+/// `PyErr_SetObject(StopIteration, value)`, which on 3.11 is never normalised into an
+/// exception object (the interpreter takes the value as it is); a tuple (or an exception)
+/// would be taken as the exception's arguments there, so those get an instance.
 fn stop_iteration(value: Bound<'_, PyAny>) -> PyErr {
     let py = value.py();
-    match py.get_type::<PyStopIteration>().call1((value,)) {
-        Ok(exc) => PyErr::from_value(exc),
-        Err(e) => e,
+    if value.is_instance_of::<PyTuple>()
+        || value.is_instance_of::<pyo3::exceptions::PyBaseException>()
+    {
+        return match py.get_type::<PyStopIteration>().call1((value,)) {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(e) => e,
+        };
     }
+    PyStopIteration::new_err(value.unbind())
 }
 
 /// asyncio's `_ensure_fd_no_transport`: an fd owned by a live transport may not be watched.
@@ -492,6 +505,8 @@ impl SockOp {
                     event_loop: Some(lp.clone().unbind()),
                     sock: Some(sock.unbind()),
                     future: None,
+                    result: None,
+                    completed: false,
                     handle: None,
                     fd: -1,
                     attempt_fd: -1,
@@ -512,6 +527,7 @@ impl SockOp {
                 st.sock.take(),
                 st.future.take(),
                 st.op.take(),
+                st.result.take(),
             )
         };
         drop(dropped);
@@ -621,12 +637,8 @@ impl SockOp {
     /// one), and (ferroloop: always, asyncio: in debug mode) non-blocking.
     fn check_socket(sock: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = sock.py();
-        let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
-        let non_blocking = match timeout.extract::<f64>() {
-            Ok(t) => t == 0.0,
-            Err(_) => false,
-        };
-        if !non_blocking {
+        // `getblocking()` is `gettimeout() != 0` (asyncio's test) without a float.
+        if sock.call_method0(intern!(py, "getblocking"))?.is_truthy()? {
             return Err(PyValueError::new_err("the socket must be non-blocking"));
         }
         Ok(())
@@ -677,18 +689,30 @@ impl SockOp {
     fn resume<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = slf.py();
         let this = slf.get();
-        let future = this
-            .state
-            .borrow(py)?
-            .future
-            .as_ref()
-            .map(|f| f.clone_ref(py).into_bound(py));
+        let (future, completed) = {
+            let mut st = this.state.borrow_mut(py)?;
+            let completed = st.completed.then(|| st.result.take());
+            (
+                st.future.as_ref().map(|f| f.clone_ref(py).into_bound(py)),
+                completed,
+            )
+        };
         let Some(future) = future else {
             this.finish(py)?;
             return Err(PyRuntimeError::new_err(
                 "cannot reuse already awaited coroutine",
             ));
         };
+        if let Some(result) = completed {
+            // The watcher set this result: the future holds it (a done future never
+            // changes), no need to ask.
+            this.finish_and_unwatch(py)?;
+            drop(future);
+            return match result {
+                None => Ok(None),
+                Some(v) => Err(stop_iteration(v.into_bound(py))),
+            };
+        }
         if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
             // Resumed early (not by a task): wait again, as `await future` would.
             future.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
@@ -1271,8 +1295,16 @@ impl SockOp {
         let op = this.state.borrow_mut(py)?.op.take();
         drop(op);
         match result {
-            Ok(v) => future.call_method1(intern!(py, "set_result"), (v,))?,
-            Err(e) => future.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?,
+            Ok(v) => {
+                let value = v.as_ref().map(|v| v.clone_ref(py));
+                future.call_method1(intern!(py, "set_result"), (v,))?;
+                let mut st = this.state.borrow_mut(py)?;
+                st.result = value;
+                st.completed = true;
+            }
+            Err(e) => {
+                future.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?;
+            }
         };
         Ok(())
     }
@@ -1325,6 +1357,7 @@ impl SockOp {
         visit.call(&st.event_loop)?;
         visit.call(&st.sock)?;
         visit.call(&st.future)?;
+        visit.call(&st.result)?;
         visit.call(&st.handle)?;
         if let Some(op) = st.op.as_ref() {
             op.traverse(&visit)?;
