@@ -751,17 +751,19 @@ def test_connection_refused_errno_and_no_reference_cycle(loop):
     port = probe.getsockname()[1]
     probe.close()
 
+    caught: list[BaseException] = []
+
     async def main():
         client = nonblocking(socket.socket())
         try:
             await loop.sock_connect(client, ("127.0.0.1", port))
         except OSError as exc:
-            return exc
+            caught.append(exc)
         finally:
             client.close()
-        return None
 
-    exc = loop.run_until_complete(main())
+    loop.run_until_complete(main())
+    exc = caught.pop()
     assert isinstance(exc, ConnectionRefusedError)
     assert exc.errno == errno_mod.ECONNREFUSED
     gc.collect()
