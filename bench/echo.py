@@ -652,7 +652,8 @@ def target_table(
 ) -> str:
     headers = ["size", "case", "target", "ferroloop", "uvloop", "asyncio", "met"]
     rows: list[list[str]] = []
-    for style in STYLES:
+    measured = {c.style for c in cells}
+    for style in (s for s in STYLES if s in measured):
         for size, rs in (
             (size, rs) for size in sizes for rs in (read_sizes if style in SIZED_STYLES else [None])
         ):
