@@ -14,10 +14,14 @@ uvloop.
     .venv/bin/python bench/echo.py --markdown       # longer run, Markdown tables
     .venv/bin/python bench/echo.py --loops asyncio,uvloop --styles protocol --sizes 1024
     .venv/bin/python bench/echo.py --selftest       # loadgen must catch broken servers
+    .venv/bin/python bench/echo.py --styles sock --sizes 1024,102400 --read-size 4096,65536,262144
+
+`--read-size` is what the sock_* and streams servers ask for per read (a list: each value
+is its own row; the protocol server reads what its transport reads).
 
 Internal entry point (used by the driver, handy for debugging one server):
 
-    python bench/echo.py --serve LOOP STYLE         # prints the port, serves until killed
+    python bench/echo.py --serve LOOP STYLE [--read-size N]   # prints the port, serves until killed
 """
 
 from __future__ import annotations
@@ -52,7 +56,12 @@ RESULTS_DIR = HERE / "results"
 HOST = "127.0.0.1"  # loopback only
 SERVER_CORE = 0
 LOADGEN_CORE = 1
-READ_SIZE = 256 * 1024  # what the Python servers ask for per read (asyncio's transport size)
+# What the sock_* and streams servers ask for per read by default (asyncio's transport reads
+# 256 KiB); --read-size sets it.
+READ_SIZE = 256 * 1024
+# Styles whose server reads with an explicit size (the protocol server reads what its
+# transport reads).
+SIZED_STYLES = ("sock", "streams")
 SIZES = (1024, 10 * 1024, 100 * 1024)
 STYLES = ("sock", "streams", "protocol")
 FAULTS = ("flip", "drop", "extra", "close", "stall")
@@ -103,12 +112,12 @@ def _announce(port: int) -> None:
     print(port, flush=True)
 
 
-async def serve_sock(loop: asyncio.AbstractEventLoop) -> None:
+async def serve_sock(loop: asyncio.AbstractEventLoop, read_size: int = READ_SIZE) -> None:
     async def client(conn: socket.socket) -> None:
         try:
             with conn:
                 while True:
-                    data = await loop.sock_recv(conn, READ_SIZE)
+                    data = await loop.sock_recv(conn, read_size)
                     if not data:
                         return
                     await loop.sock_sendall(conn, data)
@@ -130,11 +139,11 @@ async def serve_sock(loop: asyncio.AbstractEventLoop) -> None:
         task.add_done_callback(tasks.discard)
 
 
-async def serve_streams(loop: asyncio.AbstractEventLoop) -> None:
+async def serve_streams(loop: asyncio.AbstractEventLoop, read_size: int = READ_SIZE) -> None:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                data = await reader.read(READ_SIZE)
+                data = await reader.read(read_size)
                 if not data:
                     break
                 writer.write(data)
@@ -201,7 +210,7 @@ async def serve_protocol(
     await server.serve_forever()
 
 
-def serve(loop_name: str, style: str) -> int:
+def serve(loop_name: str, style: str, read_size: int = READ_SIZE) -> int:
     module_name, attr = LOOPS[loop_name]
     try:
         module = importlib.import_module(module_name)
@@ -220,9 +229,9 @@ def serve(loop_name: str, style: str) -> int:
     loop.set_exception_handler(on_error)
     main: Any
     if style == "sock":
-        main = serve_sock(loop)
+        main = serve_sock(loop, read_size)
     elif style == "streams":
-        main = serve_streams(loop)
+        main = serve_streams(loop, read_size)
     elif style == "protocol":
         main = serve_protocol(loop)
     elif style.startswith("fault-") and style[6:] in FAULTS:
@@ -342,12 +351,16 @@ def build(force: bool = False) -> None:
 class Server:
     """An echo server subprocess pinned to SERVER_CORE."""
 
-    def __init__(self, kind: str, loop_name: str | None, style: str | None) -> None:
+    def __init__(
+        self, kind: str, loop_name: str | None, style: str | None, read_size: int | None = None
+    ) -> None:
         if kind == "floor":
             cmd = [str(BIN_DIR / "floor"), "--port", "0"]
         else:
             assert loop_name is not None and style is not None
             cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", loop_name, style]
+            if read_size is not None:
+                cmd += ["--read-size", str(read_size)]
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             cmd,
@@ -433,7 +446,15 @@ class Cell:
     kind: str  # "floor" or "<loop>/<style>"
     loop: str | None
     style: str | None
+    read_size: int | None = None  # the server's read size (SIZED_STYLES only)
     samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """kind, with the read size when the server has one ("ferroloop/sock@64K")."""
+        if self.read_size is None:
+            return self.kind
+        return f"{self.kind}@{fmt_size(self.read_size).replace(' KiB', 'K')}"
 
     @property
     def best(self) -> Sample | None:
@@ -527,7 +548,7 @@ def run_loadgen(port: int, size: int, p: Params, server_pid: int, timeout: float
 def measure(cell: Cell, p: Params) -> Sample:
     if cell.loop is not None and importlib.util.find_spec(LOOPS[cell.loop][0]) is None:
         return Sample(status="not installed")
-    server = Server(cell.kind, cell.loop, cell.style)
+    server = Server(cell.kind, cell.loop, cell.style, cell.read_size)
     try:
         port = server.start()
         if port is None:
@@ -571,9 +592,11 @@ def fr(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:.{digits}f}×"
 
 
-def find(cells: Sequence[Cell], size: int, kind: str) -> Sample | None:
+def find(
+    cells: Sequence[Cell], size: int, kind: str, read_size: int | None = None
+) -> Sample | None:
     for c in cells:
-        if c.size == size and c.kind == kind:
+        if c.size == size and c.kind == kind and c.read_size == read_size:
             return c.best
     return None
 
@@ -602,11 +625,13 @@ def main_table(cells: Sequence[Cell], markdown: bool) -> str:
         if s is None:
             continue
         name = c.kind if c.style is None else f"{c.style} · {c.loop}"
+        if c.read_size is not None:
+            name += f" · read {fmt_size(c.read_size)}"
         if s.status != "ok":
             rows.append([fmt_size(c.size), name, s.status, "", "", "", "", ""])
             continue
         floor = find(cells, c.size, "floor")
-        uv = find(cells, c.size, f"uvloop/{c.style}") if c.style else None
+        uv = find(cells, c.size, f"uvloop/{c.style}", c.read_size) if c.style else None
         rows.append(
             [
                 fmt_size(c.size),
@@ -622,28 +647,37 @@ def main_table(cells: Sequence[Cell], markdown: bool) -> str:
     return render(headers, rows, markdown)
 
 
-def target_table(cells: Sequence[Cell], sizes: Sequence[int], markdown: bool) -> str:
+def target_table(
+    cells: Sequence[Cell], sizes: Sequence[int], read_sizes: Sequence[int], markdown: bool
+) -> str:
     headers = ["size", "case", "target", "ferroloop", "uvloop", "asyncio", "met"]
     rows: list[list[str]] = []
-    for style in STYLES:
-        for size in sizes:
+    measured = {c.style for c in cells}
+    for style in (s for s in STYLES if s in measured):
+        for size, rs in (
+            (size, rs) for size in sizes for rs in (read_sizes if style in SIZED_STYLES else [None])
+        ):
             target = TARGETS.get((style, size)) or TARGETS.get((style, None))
             if target is None:
                 continue
             base_name, limit = target
-            base = find(cells, size, "floor" if base_name == "floor" else f"uvloop/{style}")
+            base = (
+                find(cells, size, "floor")
+                if base_name == "floor"
+                else find(cells, size, f"uvloop/{style}", rs)
+            )
             got = {
-                lp: ratio(find(cells, size, f"{lp}/{style}"), base)
+                lp: ratio(find(cells, size, f"{lp}/{style}", rs), base)
                 for lp in ("ferroloop", "uvloop", "asyncio")
             }
-            fer = find(cells, size, f"ferroloop/{style}")
+            fer = find(cells, size, f"ferroloop/{style}", rs)
             met = (
                 "—" if got["ferroloop"] is None else ("yes" if got["ferroloop"] <= limit else "no")
             )
             rows.append(
                 [
                     fmt_size(size),
-                    style,
+                    style if rs is None else f"{style}, read {fmt_size(rs)}",
                     f"≤ {limit:.2f}× {base_name}",
                     fr(got["ferroloop"])
                     if got["ferroloop"] is not None
@@ -716,13 +750,16 @@ def selftest() -> int:
 # --------------------------------------------------------------------------
 
 
-def make_cells(sizes: Sequence[int], loops: Sequence[str], styles: Sequence[str]) -> list[Cell]:
+def make_cells(
+    sizes: Sequence[int], loops: Sequence[str], styles: Sequence[str], read_sizes: Sequence[int]
+) -> list[Cell]:
     cells: list[Cell] = []
     for size in sizes:
         cells.append(Cell(size, "floor", None, None))
         for style in styles:
-            for lp in loops:
-                cells.append(Cell(size, f"{lp}/{style}", lp, style))
+            for rs in read_sizes if style in SIZED_STYLES else [None]:
+                for lp in loops:
+                    cells.append(Cell(size, f"{lp}/{style}", lp, style, rs))
     return cells
 
 
@@ -749,6 +786,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--loops", default=",".join(LOOPS), help="comma list (default: all)")
     ap.add_argument("--styles", default=",".join(STYLES), help="comma list: sock,streams,protocol")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma list of bytes")
+    ap.add_argument(
+        "--read-size",
+        default=str(READ_SIZE),
+        help=f"comma list of bytes the sock_* and streams servers read at once (default {READ_SIZE})",
+    )
     ap.add_argument("--no-floor", action="store_true", help="skip the native floor server")
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--warmup", type=float, help="seconds (quick 0.3, default 1)")
@@ -762,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop_name, style = args.serve
         if loop_name not in LOOPS:
             ap.error(f"unknown loop {loop_name}")
-        return serve(loop_name, style)
+        return serve(loop_name, style, int(args.read_size))
 
     if not args.no_build:
         build()
@@ -772,13 +814,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     loops = parse_list(args.loops, list(LOOPS))
     styles = parse_list(args.styles, STYLES)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    read_sizes = [int(s) for s in args.read_size.split(",") if s.strip()]
+    if not read_sizes or min(read_sizes) <= 0:
+        ap.error("--read-size needs positive sizes")
     p = Params(
         connections=args.connections,
         warmup=args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0),
         seconds=args.seconds if args.seconds is not None else (1.5 if args.quick else 4.0),
         rounds=args.rounds if args.rounds is not None else (1 if args.quick else 3),
     )
-    cells = make_cells(sizes, loops, styles)
+    cells = make_cells(sizes, loops, styles, read_sizes)
     if args.no_floor:
         cells = [c for c in cells if c.kind != "floor"]
 
@@ -816,7 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else f"{s.status}: {s.detail[:150]}"
                 )
                 print(
-                    f"  [{r + 1}/{p.rounds}] {fmt_size(size):>7} {cell.kind:20} {shown}",
+                    f"  [{r + 1}/{p.rounds}] {fmt_size(size):>7} {cell.label:24} {shown}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -829,15 +874,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("## Targets (issue 3), ratios of server CPU per request")
     print()
-    print(target_table(cells, sizes, args.markdown))
+    print(target_table(cells, sizes, read_sizes, args.markdown))
     print()
     failed = [c for c in cells if c.best is not None and c.best.status == "failed"]
     for c in cells:
         b = c.best
         if b is not None and b.status != "ok":
-            print(f"- {fmt_size(c.size)} {c.kind}: {b.status}: {b.detail[:300]}")
+            print(f"- {fmt_size(c.size)} {c.label}: {b.status}: {b.detail[:300]}")
     noisy = [
-        (s.other_cpu_pct, f"{fmt_size(c.size)} {c.kind}")
+        (s.other_cpu_pct, f"{fmt_size(c.size)} {c.label}")
         for c in cells
         for s in c.samples
         if s.status == "ok" and s.other_cpu_pct > NOISY_PCT
@@ -862,7 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "wall_seconds": wall,
                 "cells": [asdict(c) for c in cells],
                 "medians_cpu_us_per_req": {
-                    f"{c.size}:{c.kind}": statistics.median(
+                    f"{c.size}:{c.label}": statistics.median(
                         s.cpu_us_per_req for s in c.samples if s.status == "ok"
                     )
                     for c in cells

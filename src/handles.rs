@@ -128,7 +128,7 @@ impl Handle {
 
     /// Marks the handle cancelled and drops its callback and arguments.
     /// Returns false if it was already cancelled.
-    fn cancel_inner(slf: &Bound<'_, Self>) -> PyResult<bool> {
+    pub(crate) fn cancel_inner(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         if this.cancelled.swap(true, Ordering::Relaxed) {

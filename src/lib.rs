@@ -1,12 +1,14 @@
 //! ferroloop's native module, `ferroloop._ferroloop`: registers the classes (and the
 //! hand-written fast entry points of `LoopCore`), nothing else.
 
+mod buffer;
 mod errors;
 mod event_loop;
 mod freelist;
 mod gil_cell;
 mod handles;
 mod sock_ops;
+mod sockaddr;
 mod transports;
 
 use pyo3::prelude::*;
@@ -20,7 +22,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     handles::install_freelists(py);
     m.add_class::<transports::stream::StreamTransport>()?;
-    m.add_class::<sock_ops::SockRecv>()?;
+    m.add_class::<sock_ops::SockOp>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
     Ok(())
 }

@@ -1,12 +1,20 @@
 """The low-level socket API (`sock_*`) and name resolution, for `ferroloop.Loop`.
 
-Semantics are CPython 3.11's `selector_events.py` and `base_events.py`: try the operation at
-once; if the socket would block, watch it with the loop's native fd watchers and finish the
-operation from the watcher; cancelling the future removes the watcher, and data already
-received is never consumed by a cancelled call (the read happens only when a call is waiting).
+Semantics are `selector_events.py`'s and `base_events.py`'s (the `sock_*` methods are the same
+in CPython 3.11, 3.12 and 3.13): try the operation at once; if the socket would block, watch it
+with the loop's native fd watchers and finish the operation from the watcher; cancelling the
+future removes the watcher, and data is never consumed by a cancelled call (the read happens
+only while a call is waiting).
 
-The waiting, polling and callbacks are native; so is the whole wait of `sock_recv` on a plain
-socket (`SockRecv`, the hot case); the per-operation glue of the other calls is here.
+On a plain `socket.socket` every `sock_*` call is native (`src/sock_ops.rs`: the coroutine,
+the attempt, the wait and the completion, with no Python frame). What is here is:
+
+- `sock_connect`'s checks and address resolution (asyncio's `_ensure_resolved`, not hot),
+  before its native connect step (`_sock_connect_resolved`);
+- asyncio's own Python path (`_sock_*_py`), which the native methods hand over to for
+  anything that is not a plain socket: a subclass overriding socket methods, an
+  `SSLSocket` (refused with asyncio's TypeError), a mock;
+- `getaddrinfo` and `getnameinfo`.
 """
 
 from __future__ import annotations
@@ -16,8 +24,6 @@ import socket
 from asyncio import base_events
 from collections.abc import Coroutine
 from typing import Any
-
-from ._ferroloop import SockRecv
 
 _BLOCKING = (BlockingIOError, InterruptedError)
 
@@ -63,7 +69,7 @@ class SocketMixin:
     """`sock_*`, `getaddrinfo` and `getnameinfo`; mixed into `ferroloop.Loop`."""
 
     # Provided by LoopCore / Loop.
-    _sock_recv_bytes: Any
+    _sock_connect_resolved: Any
     _add_reader: Any
     _add_writer: Any
     _ensure_fd_no_transport: Any
@@ -116,11 +122,8 @@ class SocketMixin:
             self.remove_writer(fd)
 
     def _sock_call(self, sock: socket.socket, op: str, *args: Any) -> Any:
-        """`sock.<op>(*args)`. A plain socket's recv() goes through the loop's reused buffer
-        (`_sock_recv_bytes`); anything else is looked up at each call, as asyncio does (a
-        socket wrapper or a mock may change its methods while a call waits)."""
-        if op == "recv" and type(sock) is socket.socket:
-            return self._sock_recv_bytes(sock, *args)
+        """`sock.<op>(*args)`, looked up at each call, as asyncio does (a socket wrapper or a
+        mock may change its methods while a call waits)."""
         if op == "accept":
             conn, address = sock.accept()
             conn.setblocking(False)
@@ -142,7 +145,7 @@ class SocketMixin:
             fut.set_result(result)
         return True
 
-    # ----------------------------------------------------------------- reads
+    # --------------------------------------- asyncio's Python path (not plain sockets)
 
     async def _sock_read(self, sock: socket.socket, op: str, *args: Any) -> Any:
         """The shared body of the one-shot reads: try now, else wait for readability."""
@@ -152,47 +155,42 @@ class SocketMixin:
         except _BLOCKING:
             pass
         fut = self.create_future()
-        if op == "recv" and type(sock) is socket.socket:
-            # The common case waits natively (src/sock_ops.rs): same steps, no Python frames.
-            fd = sock.fileno()
-            self._ensure_fd_no_transport(fd)
-            SockRecv.start(self, fut, fd, *args)
-        else:
-            self._wait_readable(fut, sock, self._sock_op_ready, op, *args)
+        self._wait_readable(fut, sock, self._sock_op_ready, op, *args)
         return await fut
 
     # Plain methods returning the coroutine (no extra coroutine frame per call).
-    def sock_recv(self, sock: socket.socket, n: int) -> Coroutine[Any, Any, bytes]:
+    def _sock_recv_py(self, sock: socket.socket, n: int) -> Coroutine[Any, Any, bytes]:
         return self._sock_read(sock, "recv", n)
 
-    def sock_recv_into(self, sock: socket.socket, buf: Any) -> Coroutine[Any, Any, int]:
+    def _sock_recv_into_py(self, sock: socket.socket, buf: Any) -> Coroutine[Any, Any, int]:
         return self._sock_read(sock, "recv_into", buf)
 
-    def sock_recvfrom(
+    def _sock_recvfrom_py(
         self, sock: socket.socket, bufsize: int
     ) -> Coroutine[Any, Any, tuple[bytes, Any]]:
         return self._sock_read(sock, "recvfrom", bufsize)
 
-    def sock_recvfrom_into(
+    async def _sock_recvfrom_into_py(
         self, sock: socket.socket, buf: Any, nbytes: int = 0
-    ) -> Coroutine[Any, Any, tuple[int, Any]]:
-        return self._sock_read(sock, "recvfrom_into", buf, nbytes or len(buf))
+    ) -> tuple[int, Any]:
+        _check_socket(self, sock)
+        if not nbytes:
+            nbytes = len(buf)
+        return await self._sock_read(sock, "recvfrom_into", buf, nbytes)
 
     def _sock_op_ready(self, fut: Any, sock: socket.socket, op: str, *args: Any) -> None:
-        """Watcher callback of the one-shot operations (recv*, sendto)."""
+        """Watcher callback of the one-shot operations (recv*, sendto, accept)."""
         if not fut.done():
             self._finish(fut, sock, op, *args)
 
-    async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
+    async def _sock_accept_py(self, sock: socket.socket) -> tuple[socket.socket, Any]:
         _check_socket(self, sock)
         fut = self.create_future()
         if not self._finish(fut, sock, "accept"):
             self._wait_readable(fut, sock, self._sock_op_ready, "accept")
         return await fut
 
-    # ---------------------------------------------------------------- writes
-
-    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
+    async def _sock_sendall_py(self, sock: socket.socket, data: Any) -> None:
         _check_socket(self, sock)
         try:
             sent = sock.send(data)
@@ -223,7 +221,7 @@ class SocketMixin:
         if pos[0] == len(view):
             fut.set_result(None)
 
-    async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
+    async def _sock_sendto_py(self, sock: socket.socket, data: Any, address: Any) -> int:
         _check_socket(self, sock)
         try:
             return sock.sendto(data, address)
@@ -233,15 +231,7 @@ class SocketMixin:
         self._wait_writable(fut, sock, self._sock_op_ready, "sendto", data, 0, address)
         return await fut
 
-    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
-        _check_socket(self, sock)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            # asyncio's own resolution: IP literals (with IPv6 flow info and scope id) as
-            # they are, anything else through getaddrinfo().
-            resolved = await base_events.BaseEventLoop._ensure_resolved(
-                self, address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
-            )
-            address = resolved[0][4]
+    async def _sock_connect_resolved_py(self, sock: socket.socket, address: Any) -> None:
         fut = self.create_future()
         try:
             sock.connect(address)
@@ -273,3 +263,22 @@ class SocketMixin:
             fut.set_exception(exc)
         else:
             fut.set_result(None)
+
+    # --------------------------------------------------------------- connect
+
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        """asyncio's `sock_connect`: checks and name resolution here, the connect step
+        native on a plain socket (`_sock_connect_resolved`)."""
+        _check_socket(self, sock)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio's own resolution: IP literals (with IPv6 flow info and scope id) as
+            # they are, anything else through getaddrinfo().
+            resolved = await base_events.BaseEventLoop._ensure_resolved(
+                self, address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
+            )
+            address = resolved[0][4]
+        connecting = self._sock_connect_resolved(sock, address)
+        try:
+            return await connecting
+        finally:
+            connecting = None  # no cycle through the exception's traceback

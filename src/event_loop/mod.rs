@@ -42,6 +42,9 @@ struct State {
     ready: VecDeque<Py<Handle>>,
     timers: Timers,
     fds: HashMap<RawFd, Watchers>,
+    /// Fds registered edge-triggered for the `sock_*` operations, kept registered between
+    /// operations (see `fds.rs`); whether or not an operation watches them now.
+    edge: HashMap<RawFd, fds::EdgeReg>,
     /// Reused buffer for readiness reports.
     events: Vec<Ready>,
     /// The handle running now, in debug mode (asyncio's `_current_handle`).
@@ -83,6 +86,8 @@ pub struct LoopCore {
     /// `fork::generation()` when the loop was made: a different value means this is a
     /// forked child, where the inherited epoll instance is the parent's.
     fork_generation: u64,
+    /// What the native `sock_*` operations look up once per loop.
+    sock_refs: crate::sock_ops::SockRefs,
 }
 
 fn closed_error() -> PyErr {
@@ -324,6 +329,15 @@ impl LoopCore {
         Ok(timer)
     }
 
+    /// `RuntimeError('Event loop is closed')` once closed (asyncio's `_check_closed`).
+    pub(crate) fn check_open(&self) -> PyResult<()> {
+        self.check_closed()
+    }
+
+    pub(crate) fn sock_refs(&self) -> &crate::sock_ops::SockRefs {
+        &self.sock_refs
+    }
+
     pub(crate) fn is_closed_flag(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
@@ -441,12 +455,17 @@ impl LoopCore {
             visit.call(&w.reader)?;
             visit.call(&w.writer)?;
         }
+        for e in st.edge.values() {
+            visit.call(&e.owner)?;
+        }
         visit.call(&st.current_handle)?;
         visit.call(&st.task_factory)?;
         visit.call(&st.loop_kwargs)?;
         for t in &st.deferred_writes {
             visit.call(t)?;
         }
+        drop(st);
+        self.sock_refs.traverse(&visit)?;
         Ok(())
     }
 
@@ -457,6 +476,7 @@ impl LoopCore {
                     std::mem::take(&mut st.ready),
                     st.timers.take_all(),
                     std::mem::take(&mut st.fds),
+                    std::mem::take(&mut st.edge),
                     st.current_handle.take(),
                     st.task_factory.take(),
                     st.loop_kwargs.take(),
@@ -465,6 +485,7 @@ impl LoopCore {
                 Err(_) => return,
             };
             drop(dropped);
+            self.sock_refs.clear(py);
         });
     }
 
@@ -501,6 +522,7 @@ impl LoopCore {
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
             fork_generation: fork::generation(),
+            sock_refs: crate::sock_ops::SockRefs::new(py)?,
         })
     }
 
@@ -585,7 +607,7 @@ impl LoopCore {
     }
 
     /// An `asyncio.Future` bound to this loop.
-    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+    pub(crate) fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let kwargs = Self::loop_kwargs(slf)?;
         slf.get()
             .refs
@@ -725,27 +747,75 @@ impl LoopCore {
         Self::remove_watcher(slf, &fd, Direction::Write)
     }
 
-    /// `sock.recv(n)` for a plain socket, reading into the loop's reused buffer (at most
-    /// 256 KiB per call, as a stream read may return less than asked) and returning one
-    /// `bytes` of the size received. `sock.recv` itself allocates `n` bytes per call and
-    /// shrinks them: above glibc's 128 KiB mmap threshold that costs fresh pages and two page
-    /// faults per read. Raises what `recv` raises (BlockingIOError when nothing is there).
-    fn _sock_recv_bytes<'py>(
-        &self,
-        py: Python<'py>,
-        sock: &Bound<'py, PyAny>,
-        n: isize,
-    ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
-        const MAX_READ: usize = 256 * 1024;
-        if n < 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "negative buffersize in recv",
-            ));
-        }
-        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
-        let want = (n as usize).min(MAX_READ);
-        self.read_to_bytes(py, fd, true, want)?
-            .map_err(crate::errors::os_error)
+    // The low-level socket API (`src/sock_ops.rs`): native on plain sockets, asyncio's
+    // Python path (`_sock.py`) otherwise. `sock_connect` itself is `_sock.py`'s (it resolves
+    // the address first); its connect step is `_sock_connect_resolved`.
+
+    fn sock_recv<'py>(
+        slf: &Bound<'py, Self>,
+        sock: Bound<'py, PyAny>,
+        n: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::sock_ops::sock_recv(slf, sock, n)
+    }
+
+    fn sock_recv_into<'py>(
+        slf: &Bound<'py, Self>,
+        sock: Bound<'py, PyAny>,
+        buf: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::sock_ops::sock_recv_into(slf, sock, buf)
+    }
+
+    fn sock_recvfrom<'py>(
+        slf: &Bound<'py, Self>,
+        sock: Bound<'py, PyAny>,
+        bufsize: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::sock_ops::sock_recvfrom(slf, sock, bufsize)
+    }
+
+    #[pyo3(signature = (sock, buf, nbytes=None))]
+    fn sock_recvfrom_into<'py>(
+        slf: &Bound<'py, Self>,
+        sock: Bound<'py, PyAny>,
+        buf: Bound<'py, PyAny>,
+        nbytes: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let nbytes = nbytes.unwrap_or_else(|| pyo3::types::PyInt::new(slf.py(), 0).into_any());
+        crate::sock_ops::sock_recvfrom_into(slf, sock, buf, nbytes)
+    }
+
+    fn sock_sendall<'py>(
+        slf: &Bound<'py, Self>,
+        sock: Bound<'py, PyAny>,
+        data: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::sock_ops::sock_sendall(slf, sock, data)
+    }
+
+    fn sock_sendto<'py>(
+        slf: &Bound<'py, Self>,
+        sock: Bound<'py, PyAny>,
+        data: Bound<'py, PyAny>,
+        address: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::sock_ops::sock_sendto(slf, sock, data, address)
+    }
+
+    fn sock_accept<'py>(
+        slf: &Bound<'py, Self>,
+        sock: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::sock_ops::sock_accept(slf, sock)
+    }
+
+    fn _sock_connect_resolved<'py>(
+        slf: &Bound<'py, Self>,
+        sock: Bound<'py, PyAny>,
+        address: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::sock_ops::sock_connect_resolved(slf, sock, address)
     }
 
     /// The events watched for `fd` as selectors' EVENT_READ (1) | EVENT_WRITE (2), or None.
@@ -811,6 +881,7 @@ impl LoopCore {
                 std::mem::take(&mut st.ready),
                 st.timers.take_all(),
                 std::mem::take(&mut st.fds),
+                std::mem::take(&mut st.edge),
             )
         };
         self.poller.close();

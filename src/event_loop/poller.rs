@@ -1,4 +1,5 @@
-//! Level-triggered epoll plus an eventfd waker.
+//! Level-triggered epoll plus an eventfd waker (and edge-triggered registrations for the
+//! `sock_*` operations only, which always try the syscall before they wait: see `fds.rs`).
 //!
 //! Why not mio: mio registers every source edge-triggered (EPOLLET). asyncio's `add_reader`
 //! contract is level-triggered: a reader callback that consumes only part of the available
@@ -18,6 +19,8 @@ pub const READABLE: u32 = libc::EPOLLIN as u32;
 pub const WRITABLE: u32 = libc::EPOLLOUT as u32;
 /// Conditions epoll reports whatever we ask for; asyncio treats them as ready for both.
 pub const ERROR_OR_HUP: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+/// Edge-triggered registration: used only for the `sock_*` operations (see `fds.rs`).
+pub const EDGE: u32 = libc::EPOLLET as u32;
 
 pub struct Poller {
     /// -1 once closed. Only `close` (loop thread, GIL held, loop not running) changes them.
