@@ -132,8 +132,14 @@ impl SockRefs {
     fn is_plain(&self, sock: &Bound<'_, PyAny>) -> PyResult<bool> {
         let py = sock.py();
         let ty = sock.get_type();
-        if ty.is(self.socket_type.bind(py)) {
+        let base = self.socket_type.bind(py);
+        if ty.is(base) {
             return Ok(true);
+        }
+        // Not a socket.socket at all (a mock, a wrapper): never cached (a Mock is a type of
+        // its own per instance).
+        if !ty.is_subclass(base)? {
+            return Ok(false);
         }
         let cached = self
             .types
@@ -174,11 +180,9 @@ impl SockRefs {
         Ok(true)
     }
 
+    /// Whether a subclass of `socket.socket` overrides none of the methods we replace.
     fn type_is_plain(&self, ty: &Bound<'_, PyType>) -> PyResult<bool> {
         let base = self.socket_type.bind(ty.py());
-        if !ty.is_subclass(base)? {
-            return Ok(false);
-        }
         for name in SOCKET_METHODS {
             if !ty.getattr(name)?.is(&base.getattr(name)?) {
                 return Ok(false);

@@ -1072,3 +1072,43 @@ def test_reader_and_transport_after_sock_calls_are_level_triggered(loop):
             await asyncio.sleep(0)
 
     loop.run_until_complete(main())
+
+
+def test_fd_owned_by_a_transport_is_refused_when_the_call_would_wait(loop):
+    async def main():
+        a, b = tcp_pair()
+        with b:
+            transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+            try:
+                with pytest.raises(RuntimeError, match="is used by transport"):
+                    await loop.sock_recv(a, 10)
+                with pytest.raises(RuntimeError, match="is used by transport"):
+                    await loop.sock_recv_into(a, bytearray(10))
+            finally:
+                transport.close()
+            await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+
+
+def test_two_waiting_calls_on_one_socket_the_second_replaces_the_first(loop):
+    """asyncio's add_reader semantics: the second call's watcher replaces the first's, which
+    then never completes (asyncio does the same); the second completes."""
+
+    async def main():
+        a, b = tcp_pair()
+        with a, b:
+            first = loop.create_task(loop.sock_recv(a, 10))
+            await asyncio.sleep(0)
+            second = loop.create_task(loop.sock_recv(a, 10))
+            await asyncio.sleep(0)
+            b.send(b"data")
+            assert await asyncio.wait_for(second, WAIT) == b"data"
+            await asyncio.sleep(0.01)
+            assert not first.done()
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            assert not registered(loop, a.fileno())
+
+    loop.run_until_complete(main())
