@@ -90,12 +90,14 @@ impl FreeList {
             }
         };
         match recycled {
-            // SAFETY: `obj` is memory of the right size for `subtype`, released by `free`
-            // below after its dealloc ran (untracked, contents dropped). PyObject_Init sets
-            // the type (taking a reference to the heap type, as PyType_GenericAlloc does) and
-            // the reference count; the caller initialises the contents and tracks it
-            // (`handles::new_tracked`).
-            Some(obj) => unsafe { ffi::PyObject_Init(obj, subtype) },
+            // `obj` was released by `free` below after its dealloc ran (untracked, contents
+            // dropped); PyObject_Init sets its type (a new reference to the heap type, as
+            // PyType_GenericAlloc takes) and reference count, and the caller initialises and
+            // tracks it (`handles::new_tracked`).
+            Some(obj) => {
+                // SAFETY: `obj` is dead memory of `subtype`'s exact size (see above).
+                unsafe { ffi::PyObject_Init(obj, subtype) }
+            }
             // SAFETY: `subtype` is a valid type object; returns a new object or NULL with an
             // exception set.
             None => unsafe { ffi::PyType_GenericAlloc(subtype, nitems) },
