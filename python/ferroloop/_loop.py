@@ -103,10 +103,10 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
             `asyncio.Task` (gh-128308, backported to 3.13.3; written from the source, not run
             here: this machine has 3.13.0). The common case (no factory; name/context at
             most) stays native."""
-            if self.get_task_factory() is None and kwargs.keys() <= {"name", "context"}:
+            factory = self.get_task_factory()
+            if factory is None and kwargs.keys() <= {"name", "context"}:
                 return LoopCore.create_task(self, coro, **kwargs)
             self._check_closed()
-            factory = self.get_task_factory()
             if factory is not None:
                 return factory(self, coro, **kwargs)
             return tasks.Task(coro, loop=self, **kwargs)
