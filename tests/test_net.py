@@ -646,8 +646,7 @@ def test_buffered_protocol_with_unusable_buffers_fails_cleanly(loop):
 
 def test_writes_are_sent_even_when_the_iteration_ends_early(loop):
     """Small writes made by a callback reach the peer even if a later callback of the same
-    iteration stops the loop with KeyboardInterrupt and the loop never runs again (ferroloop
-    coalesces them until the end of the iteration)."""
+    iteration stops the loop with KeyboardInterrupt and the loop never runs again."""
     rsock, wsock = socket.socketpair()
 
     async def connect():
@@ -676,3 +675,29 @@ def test_writes_are_sent_even_when_the_iteration_ends_early(loop):
     transport.close()
     loop.run_until_complete(asyncio.sleep(0))
     rsock.close()
+
+
+@pytest.mark.parametrize("how", ["write", "writelines"])
+def test_write_reaches_the_kernel_at_once(loop, how):
+    """A write on an idle stream goes to the kernel inside `write()` (selector_events.py):
+    a blocking read by the peer in the same callback gets the bytes, and nothing stays
+    buffered. Code that queues a message and then blocks before yielding relies on this."""
+    a, b = socket.socketpair()
+
+    async def main() -> tuple[int, bytes]:
+        _, writer = await asyncio.open_connection(sock=a)
+        if how == "write":
+            writer.write(b"\x01")
+        else:
+            writer.writelines([b"\x01", b"\x02"])
+        size = writer.transport.get_write_buffer_size()
+        b.settimeout(1)
+        got = b.recv(10)
+        writer.close()
+        await writer.wait_closed()
+        return size, got
+
+    size, got = loop.run_until_complete(main())
+    b.close()
+    assert size == 0
+    assert got == (b"\x01" if how == "write" else b"\x01\x02")

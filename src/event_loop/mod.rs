@@ -57,8 +57,6 @@ struct State {
     /// `Task(coro, ...)` call: building and freeing this dict per future was a fifth of
     /// `create_future`'s cost. The callees only read their keyword arguments.
     loop_kwargs: Option<Py<PyDict>>,
-    /// Transports with coalesced writes to send at the end of this iteration.
-    deferred_writes: Vec<Py<crate::transports::stream::StreamTransport>>,
 }
 
 /// Python objects the hot paths call, looked up once per loop.
@@ -342,20 +340,6 @@ impl LoopCore {
         self.closed.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn is_running_flag(&self) -> bool {
-        self.thread_id.load(Ordering::Relaxed) != 0
-    }
-
-    /// Asks for `transport`'s coalesced writes to be sent at the end of this iteration.
-    pub(crate) fn defer_flush(
-        &self,
-        py: Python<'_>,
-        transport: Py<crate::transports::stream::StreamTransport>,
-    ) -> PyResult<()> {
-        self.state.borrow_mut(py)?.deferred_writes.push(transport);
-        Ok(())
-    }
-
     /// One `recv()` (sockets) or `read()` (pipes) of at most `max` bytes from `fd` into the
     /// loop's reused buffer, returned as one `bytes` of the size received (empty at EOF).
     /// The buffer is shared by every transport of the loop (GUIDE §2.6): no per-read
@@ -461,9 +445,6 @@ impl LoopCore {
         visit.call(&st.current_handle)?;
         visit.call(&st.task_factory)?;
         visit.call(&st.loop_kwargs)?;
-        for t in &st.deferred_writes {
-            visit.call(t)?;
-        }
         drop(st);
         self.sock_refs.traverse(&visit)?;
         Ok(())
@@ -480,7 +461,6 @@ impl LoopCore {
                     st.current_handle.take(),
                     st.task_factory.take(),
                     st.loop_kwargs.take(),
-                    std::mem::take(&mut st.deferred_writes),
                 ),
                 Err(_) => return,
             };

@@ -13,7 +13,6 @@ use super::poller::Ready;
 use super::timers::TimerEntry;
 use super::LoopCore;
 use crate::handles::{Handle, Runnable};
-use crate::transports::stream::StreamTransport;
 
 impl LoopCore {
     /// Drops cancelled timers from the heap and says how long the next wait may last
@@ -106,34 +105,8 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Runs the handles that were ready when this iteration began, then sends the writes
-    /// they coalesced (also when a callback's KeyboardInterrupt or SystemExit ends the
-    /// iteration early, so no accepted byte is left waiting for an iteration that may never
-    /// come).
+    /// Runs the handles that were ready when this iteration began.
     pub(super) fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let ran = Self::run_ready_handles(slf);
-        let flushed = Self::flush_deferred_writes(slf);
-        ran.and(flushed)
-    }
-
-    fn flush_deferred_writes(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        loop {
-            let pending = {
-                let mut st = slf.get().state.borrow_mut(py)?;
-                if st.deferred_writes.is_empty() {
-                    // The common case: no empty Vec made and dropped per iteration.
-                    return Ok(());
-                }
-                std::mem::take(&mut st.deferred_writes)
-            };
-            for transport in pending {
-                StreamTransport::flush_deferred(transport.bind(py))?;
-            }
-        }
-    }
-
-    fn run_ready_handles(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let ntodo = this.state.borrow(py)?.ready.len();

@@ -113,8 +113,6 @@ struct State {
     full_pipe_reads: u8,
     /// Whether the pipe's capacity was already raised (or tried).
     pipe_grown: bool,
-    /// Queued in the loop's list of transports to flush at the end of the iteration.
-    deferred: bool,
 }
 
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
@@ -184,7 +182,7 @@ impl StreamTransport {
                 count = i + 1;
             }
             let sent = if count == 1 {
-                // One chunk (a single coalesced write, most often): a plain send/write.
+                // One chunk: a plain send/write.
                 // SAFETY: iov[0] points into a `bytes` object held by the queue, unchanged
                 // during the call.
                 let part = unsafe {
@@ -543,11 +541,9 @@ fn recv_into(
 }
 
 impl StreamTransport {
-    /// `write()`. On a socket whose loop is running, small writes are coalesced: queued
-    /// and sent together at the end of the loop iteration (`flush_deferred`), one
-    /// `sendmsg` for what would have been several `send`s (uvicorn writes a response's
-    /// head and body separately). Anything that would take the queue above the high-water
-    /// mark is sent at once, with what was queued before it; pipes always send at once.
+    /// `write()`, as `selector_events._SelectorSocketTransport.write`: with nothing queued
+    /// the data goes to the kernel at once; only what it does not take is queued and the fd
+    /// watched for writability. With data already queued the new data waits behind it.
     fn write_bytes(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -580,43 +576,6 @@ impl StreamTransport {
                 );
             }
         }
-        let (coalesce, deferred_pending) = {
-            let st = this.state.borrow(py)?;
-            let coalesce = this.kind == Kind::Socket
-                && !st.link.writer_registered
-                && st.link.queued + bytes.len() <= st.link.high_water
-                && st
-                    .link
-                    .event_loop
-                    .as_ref()
-                    .is_some_and(|lp| lp.get().is_running_flag());
-            (coalesce, !st.queue.is_empty() && !st.link.writer_registered)
-        };
-        if coalesce {
-            let register = {
-                let mut st = this.state.borrow_mut(py)?;
-                st.link.queued += bytes.len();
-                st.queue.push_back(data.unbind());
-                !std::mem::replace(&mut st.deferred, true)
-            };
-            if register {
-                common::event_loop(this, py)?
-                    .get()
-                    .defer_flush(py, slf.clone().unbind())?;
-            }
-            return Ok(());
-        }
-        if deferred_pending {
-            // Coalesced data is waiting and this write would pass the high-water mark:
-            // send everything now, in order.
-            {
-                let mut st = this.state.borrow_mut(py)?;
-                st.link.queued += bytes.len();
-                st.queue.push_back(data.unbind());
-            }
-            Self::send_queue(slf)?;
-            return common::maybe_pause_protocol(slf);
-        }
         let mut offset = 0;
         if this.state.borrow(py)?.queue.is_empty() {
             match this.send(bytes) {
@@ -641,8 +600,7 @@ impl StreamTransport {
         common::maybe_pause_protocol(slf)
     }
 
-    /// Sends what the queue holds (from the write watcher, or at the end of the iteration for
-    /// coalesced writes) and settles the transport as asyncio's `_write_ready` does: watch
+    /// Sends what the queue holds (from the write watcher) and settles the transport as asyncio's `_write_ready` does: watch
     /// for writability while data remains; once empty, wake the sendfile waiter and finish a
     /// pending close or write_eof.
     fn send_queue(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -712,13 +670,6 @@ impl StreamTransport {
         }
         Ok(())
     }
-
-    /// Sends coalesced writes: called by the loop at the end of the iteration that queued
-    /// them.
-    pub(crate) fn flush_deferred(slf: &Bound<'_, Self>) -> PyResult<()> {
-        slf.get().state.borrow_mut(slf.py())?.deferred = false;
-        Self::send_queue(slf)
-    }
 }
 
 impl TransportCore for StreamTransport {
@@ -761,7 +712,6 @@ impl StreamTransport {
                 bulk: false,
                 full_pipe_reads: 0,
                 pipe_grown: false,
-                deferred: false,
             }),
         })
     }
