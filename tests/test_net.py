@@ -10,6 +10,7 @@ import hashlib
 import os
 import socket
 import ssl
+import sys
 import tempfile
 
 import pytest
@@ -701,3 +702,212 @@ def test_write_reaches_the_kernel_at_once(loop, how):
     b.close()
     assert size == 0
     assert got == (b"\x01" if how == "write" else b"\x01\x02")
+
+
+def test_write_after_a_close_that_flushed_is_dropped(loop, loop_kind, caplog):
+    """`close()` with data queued: once it is sent and connection_lost has run, a late
+    `write()`/`writelines()` is dropped and counted, warning from the fifth on as asyncio
+    warns. Stock asyncio (3.11-3.13) never counts such a close as lost and raises
+    AttributeError from inside its released transport instead (its own bug)."""
+
+    async def main() -> tuple[int, list[BaseException]]:
+        peers: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            peers.append((r, w))
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.transport.set_write_buffer_limits(high=1 << 30)
+        writer.write(b"x" * (8 << 20))
+        pending = writer.transport.get_write_buffer_size()
+        writer.close()
+        while not peers:
+            await asyncio.sleep(0.01)
+        peer_reader, peer_writer = peers[0]
+        await peer_reader.readexactly(8 << 20)
+        await writer.wait_closed()
+        raised: list[BaseException] = []
+        for _ in range(3):
+            for call in (lambda: writer.write(b"late"), lambda: writer.writelines([b"l"])):
+                try:
+                    call()
+                except Exception as exc:  # noqa: BLE001 - the stock side's bug is recorded
+                    raised.append(exc)
+        peer_writer.close()
+        server.close()
+        await server.wait_closed()
+        return pending, raised
+
+    pending, raised = loop.run_until_complete(main())
+    assert pending > 0  # the close really had data queued
+    if loop_kind == "asyncio":
+        assert raised and all(isinstance(e, AttributeError) for e in raised)
+        return
+    assert raised == []
+    warnings = [r for r in caplog.records if r.getMessage() == "socket.send() raised exception."]
+    assert len(warnings) == 2  # six late writes: warned from the fifth on
+
+
+class _NoDataReceived(asyncio.BaseProtocol):
+    """A protocol with no `data_received`: asyncio connects it and fails on the first data."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.events.append("made")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.events.append(f"lost:{type(exc).__name__}")
+
+
+def test_protocol_without_data_received(loop):
+    """Protocol methods are looked up when called, as asyncio looks them up: the connection
+    is made, the first data is a fatal error (AttributeError) reported to the handler, the
+    transport closes and the peer sees EOF instead of waiting forever."""
+
+    async def main() -> tuple[list[str], list[str], list[str], bytes]:
+        contexts: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, ctx: contexts.append(ctx["message"])
+        )
+        accepted: list[_NoDataReceived] = []
+
+        def factory() -> _NoDataReceived:
+            accepted.append(_NoDataReceived())
+            return accepted[-1]
+
+        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hello")
+        at_eof = await asyncio.wait_for(reader.read(), 5)
+        transport, client = await asyncio.get_running_loop().create_connection(
+            _NoDataReceived, "127.0.0.1", port
+        )
+        transport.close()
+        await asyncio.sleep(0.05)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        asyncio.get_running_loop().set_exception_handler(None)
+        return accepted[0].events, client.events, contexts, at_eof
+
+    server_events, client_events, contexts, at_eof = loop.run_until_complete(main())
+    assert server_events == ["made", "lost:AttributeError"]
+    assert client_events == ["made", "lost:NoneType"]
+    assert contexts[0] == "Fatal error: protocol.data_received() call failed."
+    assert at_eof == b""
+
+
+def test_write_pipe_has_no_reading_to_pause(loop):
+    """A write pipe is asyncio's `Transport` with `ReadTransport`'s methods unimplemented."""
+    rfd, wfd = os.pipe()
+
+    async def main() -> list[str]:
+        transport, _ = await asyncio.get_running_loop().connect_write_pipe(
+            asyncio.BaseProtocol, os.fdopen(wfd, "wb")
+        )
+        outcomes = []
+        for name in ("pause_reading", "resume_reading", "is_reading"):
+            try:
+                getattr(transport, name)()
+                outcomes.append(f"{name}: returned")
+            except NotImplementedError:
+                outcomes.append(f"{name}: NotImplementedError")
+        transport.close()
+        await asyncio.sleep(0)
+        return outcomes
+
+    assert loop.run_until_complete(main()) == [
+        "pause_reading: NotImplementedError",
+        "resume_reading: NotImplementedError",
+        "is_reading: NotImplementedError",
+    ]
+    os.close(rfd)
+
+
+class _CountingSocket(socket.socket):
+    """A socket subclass whose I/O methods are overridden in Python (websockets' legacy
+    tests use one to watch the transport's calls)."""
+
+    calls: list[str]
+
+    def recv(self, n: int, *args: int) -> bytes:
+        self.calls.append("recv")
+        return super().recv(n, *args)
+
+    def recv_into(self, buf, *args: int) -> int:  # type: ignore[no-untyped-def]
+        self.calls.append("recv_into")
+        return super().recv_into(buf, *args)
+
+    def send(self, data, *args: int) -> int:  # type: ignore[no-untyped-def]
+        self.calls.append("send")
+        return super().send(data, *args)
+
+    def sendmsg(self, buffers, *args):  # type: ignore[no-untyped-def]
+        self.calls.append("sendmsg")
+        return super().sendmsg(buffers, *args)
+
+
+class _Buffered(asyncio.BufferedProtocol):
+    def __init__(self) -> None:
+        self.buf = bytearray(100)
+        self.got = bytearray()
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.got += self.buf[:nbytes]
+
+
+def test_socket_subclass_methods_are_called(loop):
+    """A socket passed with `sock=` whose recv/send/recv_into/sendmsg are overridden is read
+    and written through them, as asyncio's transport calls them (`sendmsg` flushes queued
+    data from 3.12 on), and no byte is lost."""
+
+    async def main() -> tuple[list[str], int, list[str], bytes]:
+        lp = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        sock = _CountingSocket(a.family, a.type, fileno=a.detach())
+        sock.calls = []
+        sock.setblocking(False)
+        b.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"x")
+        assert await lp.sock_recv(b, 10) == b"x"
+        await lp.sock_sendall(b, b"yo")
+        assert await reader.readexactly(2) == b"yo"
+        writer.transport.set_write_buffer_limits(high=1 << 30)
+        writer.write(b"z" * (4 << 20))
+        writer.write(b"t")
+        received = 0
+        while received < (4 << 20) + 1:
+            received += len(await lp.sock_recv(b, 1 << 20))
+        await writer.drain()
+        stream_calls = sorted(set(sock.calls))
+        writer.close()
+        await writer.wait_closed()
+
+        c, d = socket.socketpair()
+        sock2 = _CountingSocket(c.family, c.type, fileno=c.detach())
+        sock2.calls = []
+        sock2.setblocking(False)
+        transport, proto = await lp.create_connection(_Buffered, sock=sock2)
+        d.sendall(b"buffered")
+        while len(proto.got) < 8:
+            await asyncio.sleep(0.01)
+        transport.close()
+        b.close()
+        d.close()
+        return stream_calls, received, sorted(set(sock2.calls)), bytes(proto.got)
+
+    stream_calls, received, buffered_calls, got = loop.run_until_complete(main())
+    assert received == (4 << 20) + 1
+    flush = ["sendmsg"] if sys.version_info >= (3, 12) else []
+    assert stream_calls == sorted(["recv", "send", *flush])
+    assert buffered_calls == ["recv_into"]
+    assert got == b"buffered"

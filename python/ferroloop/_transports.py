@@ -50,6 +50,26 @@ else:
         server._detach()
 
 
+# Socket methods asyncio's socket transport calls for its I/O. A socket whose class (or
+# instance) replaces one of them gets its I/O through those methods, as with asyncio; plain
+# sockets are read and written natively.
+_SOCKET_IO = ("recv", "recv_into", "send", "sendmsg")
+# asyncio 3.12+ flushes queued data with `sock.sendmsg(buffers)`; 3.11 with `sock.send`.
+_FLUSH_WITH_SENDMSG = sys.version_info >= (3, 12) and hasattr(socket.socket, "sendmsg")
+
+
+def _overrides_io(sock: Any) -> bool:
+    """Whether `sock`'s recv/recv_into/send/sendmsg are not `socket.socket`'s own."""
+    cls = type(sock)
+    if cls is socket.socket:
+        return False
+    base = socket.socket
+    if any(getattr(cls, name, None) is not getattr(base, name) for name in _SOCKET_IO):
+        return True
+    instance_dict = getattr(sock, "__dict__", None)
+    return bool(instance_dict) and any(name in instance_dict for name in _SOCKET_IO)
+
+
 # Core methods bound into every transport's instance dict.
 _COMMON = ("is_closing", "is_reading", "pause_reading", "resume_reading", "_force_close")
 _WRITING = (
@@ -227,6 +247,14 @@ class _SocketBased(_NativeTransport):
     def _is_closed_for_repr(self) -> bool:
         return self._sock is None
 
+    def _abandon(self) -> None:
+        """Closes the socket and drops the core of a transport whose setup failed."""
+        if self._core is not None:
+            self._core._release()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if self._sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
@@ -255,7 +283,16 @@ class SocketTransport(
     ) -> None:
         transports.BaseTransport.__init__(self, extra)
         self._take_socket(sock)
-        self._start(loop, sock.fileno(), "socket", protocol)
+        try:
+            self._start(loop, sock.fileno(), "socket", protocol)
+            if _overrides_io(sock):
+                self._core._use_socket_methods(sock, _FLUSH_WITH_SENDMSG)
+        except BaseException:
+            # The socket is closed now rather than when the cycle collector finds the
+            # half-made transport: an accepted peer must not wait on a connection that
+            # will never be served.
+            self._abandon()
+            raise
         self._server = server
         if server is not None:
             _server_attach(server, self)
@@ -391,6 +428,12 @@ class WritePipeTransport(_WritingStream, _PipeStream, transports._FlowControlMix
 
     _bound = ("is_closing", "_force_close") + _WRITING
     _repr_event = 2  # selectors.EVENT_WRITE
+
+    # A write pipe has no reading to pause: asyncio's write pipe transport inherits these
+    # from `ReadTransport`, which raises NotImplementedError.
+    is_reading = transports.ReadTransport.is_reading
+    pause_reading = transports.ReadTransport.pause_reading
+    resume_reading = transports.ReadTransport.resume_reading
 
     def __init__(
         self, loop: Any, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None

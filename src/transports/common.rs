@@ -266,25 +266,43 @@ pub(crate) fn fatal<C: TransportCore>(
     if is_exit_exception(py, &err) {
         return Err(err);
     }
-    owner(slf.get(), py)?
+    let owner = owner(slf.get(), py)?;
+    if owner.is_none(py) {
+        // Released: connection_lost has run, and nobody is left to tell.
+        return Ok(());
+    }
+    owner
         .bind(py)
         .call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
     Ok(())
 }
 
-/// Schedules `owner._call_connection_lost(exc)` with `loop.call_soon`.
+/// Schedules `owner._call_connection_lost(exc)` with `loop.call_soon`. From here on the
+/// connection counts as lost: a later write is dropped and counted (asyncio's
+/// `_conn_lost`), and `abort()` does not report the loss a second time.
 pub(crate) fn schedule_connection_lost<C: TransportCore>(
     slf: &Bound<'_, C>,
     exc: Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
+    mark_lost(this, py)?;
     let lp = event_loop(this, py)?;
     let cb = owner(this, py)?
         .bind(py)
         .getattr(intern!(py, "_call_connection_lost"))?;
     lp.bind(py)
         .call_method1(intern!(py, "call_soon"), (cb, exc))?;
+    Ok(())
+}
+
+/// Counts the connection as lost unless it already is. asyncio counts it only in
+/// `close()` with nothing queued and in `_force_close`; a close that first flushes queued
+/// data leaves its count at 0, so a later write reaches `self._sock.send` on a released
+/// transport and raises AttributeError (3.11-3.13). Counting every path drops such writes.
+pub(crate) fn mark_lost<C: TransportCore>(this: &C, py: Python<'_>) -> PyResult<()> {
+    let mut link = this.link_mut(py)?;
+    link.conn_lost = link.conn_lost.max(1);
     Ok(())
 }
 

@@ -35,7 +35,7 @@ use std::os::fd::RawFd;
 use pyo3::exceptions::{
     PyBlockingIOError, PyInterruptedError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
 };
-use pyo3::ffi;
+
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
@@ -54,30 +54,6 @@ use crate::sockaddr::{address_to_py, parse_inet, SockAddr};
 const MAX_SIZE: usize = 256 * 1024;
 const READ_ERROR: &str = "Fatal read error on datagram transport";
 const WRITE_ERROR: &str = "Fatal write error on datagram transport";
-
-/// `f(a, b)` through vectorcall (with room for a bound method to prepend `self`).
-fn call_two<'py>(
-    py: Python<'py>,
-    f: &Bound<'py, PyAny>,
-    a: &Bound<'py, PyAny>,
-    b: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let mut args = [std::ptr::null_mut(), a.as_ptr(), b.as_ptr()];
-    // SAFETY: the objects are live for the duration of the call; `args[0]` is scratch space
-    // the callee may overwrite temporarily, as PY_VECTORCALL_ARGUMENTS_OFFSET allows; the
-    // result is a new reference or NULL with an exception set.
-    unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyObject_Vectorcall(
-                f.as_ptr(),
-                args.as_mut_ptr().add(1),
-                2 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
-                std::ptr::null_mut(),
-            ),
-        )
-    }
-}
 
 /// The outcome of one attempt to send a datagram.
 enum Sent {
@@ -100,9 +76,6 @@ struct State {
     link: Link,
     /// The socket object, for what goes through the socket module (see the module doc).
     sock: Option<Py<PyAny>>,
-    /// `protocol.datagram_received` (None if the protocol has none: looked up per datagram
-    /// then, so the AttributeError comes when asyncio's would).
-    on_datagram: Option<Py<PyAny>>,
     /// asyncio's `_address`, when true: the only destination `sendto` accepts.
     address: Option<Py<PyAny>>,
     /// Datagrams the kernel refused for now, with their destinations.
@@ -305,19 +278,22 @@ impl DatagramTransport {
         addr: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = slf.py();
-        let (cached, protocol) = {
-            let st = slf.get().state.borrow(py)?;
-            (
-                st.on_datagram.as_ref().map(|f| f.clone_ref(py)),
-                st.link.protocol.as_ref().map(|p| p.clone_ref(py)),
-            )
+        let protocol = slf
+            .get()
+            .state
+            .borrow(py)?
+            .link
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py));
+        let Some(protocol) = protocol else {
+            return Ok(());
         };
-        let method = match (cached, protocol) {
-            (Some(f), _) => f.into_bound(py),
-            (None, Some(p)) => p.bind(py).getattr(intern!(py, "datagram_received"))?,
-            (None, None) => return Ok(()),
-        };
-        call_two(py, &method, data, addr).map(drop)
+        // Looked up on each call, as asyncio does.
+        protocol
+            .bind(py)
+            .call_method1(intern!(py, "datagram_received"), (data, addr))
+            .map(drop)
     }
 
     /// `_read_ready` for sockets of other families: the socket module's `recvfrom`.
@@ -420,7 +396,6 @@ impl DatagramTransport {
             state: GilCell::new(State {
                 link: Link::new(event_loop.unbind(), owner),
                 sock: Some(sock),
-                on_datagram: None,
                 address,
                 queue: VecDeque::new(),
                 last_peer: None,
@@ -434,7 +409,6 @@ impl DatagramTransport {
         };
         st.link.traverse(&visit)?;
         visit.call(&st.sock)?;
-        visit.call(&st.on_datagram)?;
         visit.call(&st.address)?;
         for (_, addr) in &st.queue {
             visit.call(addr)?;
@@ -451,7 +425,6 @@ impl DatagramTransport {
                 Ok(mut st) => (
                     st.link.take_refs(),
                     st.sock.take(),
-                    st.on_datagram.take(),
                     st.address.take(),
                     mem::take(&mut st.queue),
                     st.last_peer.take(),
@@ -464,17 +437,12 @@ impl DatagramTransport {
 
     fn set_protocol(&self, protocol: Bound<'_, PyAny>) -> PyResult<()> {
         let py = protocol.py();
-        let on_datagram = protocol
-            .getattr(intern!(py, "datagram_received"))
-            .ok()
-            .map(Bound::unbind);
-        let dropped = {
-            let mut st = self.state.borrow_mut(py)?;
-            (
-                st.link.protocol.replace(protocol.unbind()),
-                mem::replace(&mut st.on_datagram, on_datagram),
-            )
-        };
+        let dropped = self
+            .state
+            .borrow_mut(py)?
+            .link
+            .protocol
+            .replace(protocol.unbind());
         drop(dropped);
         Ok(())
     }
@@ -722,7 +690,6 @@ impl DatagramTransport {
             (
                 st.link.take_refs(),
                 st.sock.take(),
-                st.on_datagram.take(),
                 mem::take(&mut st.queue),
                 st.last_peer.take(),
             )

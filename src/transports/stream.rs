@@ -95,10 +95,15 @@ impl Kind {
 struct State {
     /// Loop, owner, protocol, watchers, closing and flow-control state.
     link: Link,
-    /// `protocol.data_received`, or `protocol.get_buffer` for a BufferedProtocol.
-    on_data: Option<Py<PyAny>>,
-    /// `protocol.buffer_updated` for a BufferedProtocol, else None.
-    on_buffer_updated: Option<Py<PyAny>>,
+    /// Whether the protocol is an `asyncio.BufferedProtocol` (decided in `set_protocol`, as
+    /// asyncio does). Its methods are looked up on each call, as asyncio looks them up: a
+    /// protocol without `data_received` still connects, and fails when data arrives.
+    buffered: bool,
+    /// The socket object, when its class overrides `recv`, `recv_into`, `send` or
+    /// `sendmsg`: I/O then goes through those methods, as asyncio calls them.
+    py_io: Option<Py<PyAny>>,
+    /// With `py_io`: flush the queue with `sendmsg` (asyncio 3.12+) rather than `send`.
+    py_sendmsg: bool,
     protocol_connected: bool,
     /// Unsent data: whole `bytes` objects, the first one sent up to `head`.
     queue: VecDeque<Py<PyBytes>>,
@@ -122,15 +127,11 @@ pub struct StreamTransport {
     state: GilCell<State>,
 }
 
-/// `f(arg)` through the one-argument fast call.
-fn call_one<'py>(
-    py: Python<'py>,
-    f: &Py<PyAny>,
-    arg: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: both objects are live for the duration of the call; the result is a new
-    // reference or NULL with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyObject_CallOneArg(f.as_ptr(), arg.as_ptr())) }
+/// Whether an exception from a socket method only means "not now" (asyncio's
+/// `except (BlockingIOError, InterruptedError)`).
+fn would_block_err(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+        || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
 }
 
 impl StreamTransport {
@@ -207,6 +208,42 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// `flush` through a socket subclass's own methods, as asyncio's `_write_ready` calls
+    /// them: `sock.sendmsg(buffers)` (3.12+) or `sock.send(data)` (3.11). No borrow is held
+    /// while they run.
+    fn flush_through(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (chunks, sendmsg) = {
+            let st = this.state.borrow(py)?;
+            let mut chunks = Vec::with_capacity(st.queue.len());
+            for (i, chunk) in st.queue.iter().enumerate() {
+                let part = if i == 0 && st.head > 0 {
+                    PyBytes::new(py, &chunk.as_bytes(py)[st.head..])
+                } else {
+                    chunk.bind(py).clone()
+                };
+                chunks.push(part);
+            }
+            (chunks, st.py_sendmsg)
+        };
+        let sent = if sendmsg {
+            sock.call_method1(intern!(py, "sendmsg"), (chunks,))
+        } else {
+            let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (chunks,))?;
+            sock.call_method1(intern!(py, "send"), (joined,))
+        };
+        let sent = match sent.and_then(|n| n.extract::<usize>()) {
+            Ok(n) => n,
+            Err(e) if would_block_err(py, &e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut st = this.state.borrow_mut(py)?;
+        let n = sent.min(st.link.queued);
+        consume(py, &mut st, n);
+        Ok(())
+    }
+
     /// One `sendmsg` (sockets, without SIGPIPE) or `writev` (pipes) of `iov`; EINTR retried.
     /// `Ok(None)` when the fd would block.
     fn send_vectored(&self, iov: &mut [libc::iovec]) -> io::Result<Option<usize>> {
@@ -256,49 +293,56 @@ impl StreamTransport {
         )))
     }
 
-    /// Reading for a BufferedProtocol: recv straight into the buffer it lends.
+    /// Reading for a BufferedProtocol: recv straight into the buffer it lends (asyncio's
+    /// `_read_ready__get_buffer`), through `sock.recv_into` for a socket subclass that
+    /// overrides it.
     fn read_buffered(
         slf: &Bound<'_, Self>,
-        get_buffer: Py<PyAny>,
-        updated: Py<PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        py_io: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let minus_one = (-1i32).into_pyobject(py)?.into_any();
-        let buf = match call_one(py, &get_buffer, &minus_one).and_then(|b| {
-            if b.len()? == 0 {
-                Err(PyRuntimeError::new_err(
-                    "get_buffer() returned an empty buffer",
-                ))
-            } else {
-                Ok(b)
-            }
-        }) {
+        let buf = match protocol
+            .call_method1(intern!(py, "get_buffer"), (-1i32,))
+            .and_then(|b| {
+                if b.len()? == 0 {
+                    Err(PyRuntimeError::new_err(
+                        "get_buffer() returned an empty buffer",
+                    ))
+                } else {
+                    Ok(b)
+                }
+            }) {
             Ok(b) => b,
             Err(e) => {
                 return common::fatal(slf, e, "Fatal error: protocol.get_buffer() call failed.")
             }
         };
-        let got = match recv_into(this.fd, this.kind, &buf) {
-            Ok(n) => n,
-            Err(e) => {
-                if let Some(ioe) = e.as_ref().err() {
-                    if would_block(ioe) {
-                        return Ok(());
-                    }
+        let got = if let Some(sock) = py_io {
+            match sock
+                .bind(py)
+                .call_method1(intern!(py, "recv_into"), (&buf,))
+                .and_then(|n| n.extract::<usize>())
+            {
+                Ok(n) => n,
+                Err(e) if would_block_err(py, &e) => return Ok(()),
+                Err(e) => return common::fatal(slf, e, this.kind.read_error_message()),
+            }
+        } else {
+            match recv_into(this.fd, this.kind, &buf) {
+                Ok(n) => n,
+                Err(Err(ioe)) if would_block(&ioe) => return Ok(()),
+                Err(Err(ioe)) => {
+                    return common::fatal(slf, os_error(ioe), this.kind.read_error_message())
                 }
-                let err = match e {
-                    Err(ioe) => os_error(ioe),
-                    Ok(pyerr) => pyerr,
-                };
-                return common::fatal(slf, err, this.kind.read_error_message());
+                Err(Ok(pyerr)) => return common::fatal(slf, pyerr, this.kind.read_error_message()),
             }
         };
         if got == 0 {
             return Self::on_eof(slf);
         }
-        let n = got.into_pyobject(py)?.into_any();
-        if let Err(e) = call_one(py, &updated, &n) {
+        if let Err(e) = protocol.call_method1(intern!(py, "buffer_updated"), (got,)) {
             return common::fatal(
                 slf,
                 e,
@@ -577,12 +621,35 @@ impl StreamTransport {
             }
         }
         let mut offset = 0;
-        if this.state.borrow(py)?.queue.is_empty() {
-            match this.send(bytes) {
+        let (idle, py_io) = {
+            let st = this.state.borrow(py)?;
+            (
+                st.queue.is_empty(),
+                st.py_io.as_ref().map(|s| s.clone_ref(py)),
+            )
+        };
+        if idle {
+            let sent = match py_io {
+                // asyncio: `n = self._sock.send(data)`.
+                Some(sock) => match sock
+                    .bind(py)
+                    .call_method1(intern!(py, "send"), (&data,))
+                    .and_then(|n| n.extract::<usize>())
+                {
+                    Ok(n) => Ok(n.min(bytes.len())),
+                    Err(e) if would_block_err(py, &e) => Ok(0),
+                    Err(e) => Err(e),
+                },
+                None => match this.send(bytes) {
+                    Ok(n) => Ok(n),
+                    Err(e) if would_block(&e) => Ok(0),
+                    Err(e) => Err(os_error(e)),
+                },
+            };
+            match sent {
                 Ok(n) if n == bytes.len() => return Ok(()),
                 Ok(n) => offset = n,
-                Err(e) if would_block(&e) => {}
-                Err(e) => return common::fatal(slf, os_error(e), this.kind.write_error_message()),
+                Err(e) => return common::fatal(slf, e, this.kind.write_error_message()),
             }
             common::watch(slf, Direction::Write, true)?;
         }
@@ -606,14 +673,20 @@ impl StreamTransport {
     fn send_queue(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let result = {
-            let mut st = this.state.borrow_mut(py)?;
+        let py_io = {
+            let st = this.state.borrow(py)?;
             if st.link.conn_lost > 0 || st.queue.is_empty() {
                 return Ok(());
             }
-            this.flush(py, &mut st)
+            st.py_io.as_ref().map(|s| s.clone_ref(py))
         };
-        if let Err(e) = result {
+        let result = match py_io {
+            Some(sock) => Self::flush_through(slf, sock.bind(py)),
+            None => this
+                .flush(py, &mut *this.state.borrow_mut(py)?)
+                .map_err(os_error),
+        };
+        if let Err(err) = result {
             let (dropped, waiter) = {
                 let mut st = this.state.borrow_mut(py)?;
                 st.head = 0;
@@ -625,7 +698,6 @@ impl StreamTransport {
             };
             drop(dropped);
             common::watch(slf, Direction::Write, false)?;
-            let err = os_error(e);
             let value = err.value(py).clone();
             common::fatal(slf, err, this.kind.write_error_message())?;
             if let Some(w) = waiter {
@@ -658,6 +730,7 @@ impl StreamTransport {
             if this.kind == Kind::WritePipe {
                 common::watch(slf, Direction::Read, false)?;
             }
+            common::mark_lost(this, py)?;
             let owner = common::owner(this, py)?;
             owner
                 .bind(py)
@@ -702,8 +775,9 @@ impl StreamTransport {
             kind: Kind::parse(kind)?,
             state: GilCell::new(State {
                 link: Link::new(event_loop.unbind(), owner),
-                on_data: None,
-                on_buffer_updated: None,
+                buffered: false,
+                py_io: None,
+                py_sendmsg: false,
                 protocol_connected: false,
                 queue: VecDeque::new(),
                 head: 0,
@@ -721,8 +795,7 @@ impl StreamTransport {
             return Ok(());
         };
         st.link.traverse(&visit)?;
-        visit.call(&st.on_data)?;
-        visit.call(&st.on_buffer_updated)?;
+        visit.call(&st.py_io)?;
         visit.call(&st.empty_waiter)?;
         Ok(())
     }
@@ -730,12 +803,7 @@ impl StreamTransport {
     fn __clear__(&self) {
         Python::attach(|py| {
             let dropped = match self.state.borrow_mut(py) {
-                Ok(mut st) => (
-                    st.link.take_refs(),
-                    st.on_data.take(),
-                    st.on_buffer_updated.take(),
-                    st.empty_waiter.take(),
-                ),
+                Ok(mut st) => (st.link.take_refs(), st.py_io.take(), st.empty_waiter.take()),
                 Err(_) => return,
             };
             drop(dropped);
@@ -745,26 +813,24 @@ impl StreamTransport {
     /// Sets the protocol; `buffered` says whether it is an `asyncio.BufferedProtocol`.
     fn set_protocol(&self, protocol: Bound<'_, PyAny>, buffered: bool) -> PyResult<()> {
         let py = protocol.py();
-        let (on_data, on_updated) = if buffered {
-            (
-                protocol.getattr(intern!(py, "get_buffer"))?,
-                Some(protocol.getattr(intern!(py, "buffer_updated"))?.unbind()),
-            )
-        } else if this_kind_reads(self.kind) {
-            (protocol.getattr(intern!(py, "data_received"))?, None)
-        } else {
-            (py.None().into_bound(py), None)
-        };
         let dropped = {
             let mut st = self.state.borrow_mut(py)?;
             st.protocol_connected = true;
-            (
-                st.link.protocol.replace(protocol.unbind()),
-                st.on_data.replace(on_data.unbind()),
-                std::mem::replace(&mut st.on_buffer_updated, on_updated),
-            )
+            st.buffered = buffered;
+            st.link.protocol.replace(protocol.unbind())
         };
         drop(dropped);
+        Ok(())
+    }
+
+    /// Sends and receives through `sock`'s own methods (a socket subclass overriding
+    /// `recv`, `recv_into`, `send` or `sendmsg`); `sendmsg` says whether queued data is
+    /// flushed with `sock.sendmsg(buffers)` (asyncio 3.12+) or `sock.send(data)` (3.11).
+    fn _use_socket_methods(&self, sock: Bound<'_, PyAny>, sendmsg: bool) -> PyResult<()> {
+        let py = sock.py();
+        let mut st = self.state.borrow_mut(py)?;
+        st.py_io = Some(sock.unbind());
+        st.py_sendmsg = sendmsg;
         Ok(())
     }
 
@@ -782,19 +848,20 @@ impl StreamTransport {
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (lp, on_data, on_updated) = {
+        let (lp, protocol, buffered, py_io, bulk) = {
             let st = this.state.borrow(py)?;
             if st.link.conn_lost > 0 || !st.link.reader_registered {
                 return Ok(());
             }
-            let (Some(lp), Some(on_data)) = (st.link.event_loop.as_ref(), st.on_data.as_ref())
-            else {
+            let (Some(lp), Some(protocol)) = (&st.link.event_loop, &st.link.protocol) else {
                 return Ok(());
             };
             (
                 lp.clone_ref(py),
-                on_data.clone_ref(py),
-                st.on_buffer_updated.as_ref().map(|u| u.clone_ref(py)),
+                protocol.clone_ref(py),
+                st.buffered,
+                st.py_io.as_ref().map(|s| s.clone_ref(py)),
+                st.bulk,
             )
         };
         if this.kind == Kind::WritePipe {
@@ -809,27 +876,40 @@ impl StreamTransport {
             };
             return Self::force_close(slf, exc);
         }
-        if let Some(updated) = on_updated {
-            return Self::read_buffered(slf, on_data, updated);
+        if buffered {
+            return Self::read_buffered(slf, protocol.bind(py), py_io);
         }
-        let bulk = this.state.borrow(py)?.bulk;
-        let read = if bulk {
-            read_fresh_bytes(py, this.fd, this.kind == Kind::Socket)?
+        let data = if let Some(sock) = py_io {
+            // asyncio: `self._sock.recv(self.max_size)`.
+            match sock.bind(py).call_method1(intern!(py, "recv"), (MAX_READ,)) {
+                Ok(data) => data,
+                Err(e) if would_block_err(py, &e) => return Ok(()),
+                Err(e) => return common::fatal(slf, e, this.kind.read_error_message()),
+            }
         } else {
-            lp.bind(py)
-                .get()
-                .read_to_bytes(py, this.fd, this.kind == Kind::Socket, MAX_READ)?
+            let read = if bulk {
+                read_fresh_bytes(py, this.fd, this.kind == Kind::Socket)?
+            } else {
+                lp.bind(py)
+                    .get()
+                    .read_to_bytes(py, this.fd, this.kind == Kind::Socket, MAX_READ)?
+            };
+            match read {
+                Ok(data) => {
+                    this.note_read_size(py, data.as_bytes().len())?;
+                    data.into_any()
+                }
+                Err(e) if would_block(&e) => return Ok(()),
+                Err(e) => return common::fatal(slf, os_error(e), this.kind.read_error_message()),
+            }
         };
-        let data = match read {
-            Ok(data) => data,
-            Err(e) if would_block(&e) => return Ok(()),
-            Err(e) => return common::fatal(slf, os_error(e), this.kind.read_error_message()),
-        };
-        this.note_read_size(py, data.as_bytes().len())?;
-        if data.as_bytes().is_empty() {
+        if !data.is_truthy()? {
             return Self::on_eof(slf);
         }
-        if let Err(e) = call_one(py, &on_data, data.as_any()) {
+        if let Err(e) = protocol
+            .bind(py)
+            .call_method1(intern!(py, "data_received"), (data,))
+        {
             if this.kind == Kind::ReadPipe {
                 // asyncio's pipe transport lets the loop report it and reads on.
                 return Err(e);
@@ -1003,8 +1083,7 @@ impl StreamTransport {
             let mut st = self.state.borrow_mut(py)?;
             (
                 st.link.take_refs(),
-                st.on_data.take(),
-                st.on_buffer_updated.take(),
+                st.py_io.take(),
                 std::mem::take(&mut st.queue),
             )
         };
@@ -1041,9 +1120,4 @@ impl StreamTransport {
     fn _eof(&self, py: Python<'_>) -> PyResult<bool> {
         Ok(self.state.borrow(py)?.eof)
     }
-}
-
-/// Whether a transport of this kind delivers received data to its protocol.
-fn this_kind_reads(kind: Kind) -> bool {
-    kind != Kind::WritePipe
 }
