@@ -201,6 +201,42 @@ def test_subprocesses_emit_no_child_watcher_deprecation(tmp_path):
     assert out.stdout.strip() == "ok"
 
 
+
+@pytest.mark.timeout(60)
+def test_inactive_explicit_child_watcher_is_called_as_the_version_calls_it(loop):
+    """A child watcher set on the policy that is not active refuses the subprocess before
+    it starts. 3.11 asks the object its `__enter__` returned (`with ... as watcher`), 3.12
+    and 3.13 the watcher itself."""
+    from unittest import mock
+
+    with warnings.catch_warnings():  # child watchers are deprecated from 3.12 on
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = mock.create_autospec(asyncio.AbstractChildWatcher)
+        watcher.is_active.return_value = False
+        watcher.__enter__.return_value.is_active.return_value = False
+        policy = asyncio.get_event_loop_policy()
+        saved = policy._watcher  # (get_child_watcher() would create one)
+        policy.set_child_watcher(watcher)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="not activated"):
+            await asyncio.create_subprocess_exec(PY, "-c", "pass")
+
+    try:
+        loop.run_until_complete(main())
+        calls = list(watcher.mock_calls)
+    finally:
+        with warnings.catch_warnings():  # (closes the mock watcher)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            policy.set_child_watcher(saved)
+    asked = (
+        mock.call.__enter__().is_active() if sys.version_info < (3, 12)
+        else mock.call.is_active()
+    )  # fmt: skip
+    assert calls == [
+        mock.call.__enter__(), asked, mock.call.__exit__(RuntimeError, mock.ANY, mock.ANY)
+    ]  # fmt: skip
+
 # --- 3.13 ------------------------------------------------------------------------------
 
 

@@ -83,7 +83,6 @@ _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
             "_handle_signal",
             "_check_signal",
             "_process_self_data",
-            "_make_subprocess_transport",
             "_child_watcher_callback",
         ),
     ),

@@ -14,12 +14,18 @@ watches its own children instead:
   `waitpid(pid)` and hands the status back with `call_soon_threadsafe`, as
   `ThreadedChildWatcher` does.
 
-Either way the transport is asyncio's own `_UnixSubprocessTransport` and the return code
-reaches it exactly as asyncio delivers it: `transp._process_exited(returncode)` with
+Either way the transport is asyncio's own `_UnixSubprocessTransport` (subclassed by
+`SubprocessTransport` below, which changes one thing: when `wait()` returns) and the return
+code reaches it exactly as asyncio delivers it: `transp._process_exited(returncode)` with
 `os.waitstatus_to_exitcode` (negative for a signal), two loop iterations after the exit is
 seen (asyncio's `_child_watcher_callback` skips one iteration so pipe callbacks of the same
 iteration run first). Argument checks (`text=True` refused, ...) stay asyncio's, in
 `subprocess_exec/_shell` and `Popen`.
+
+`wait()` returns once the child has exited (`SubprocessTransport`): asyncio 3.11-3.13.0 wake
+`Process.wait()` only in `_call_connection_lost`, after every pipe has closed, so a
+grandchild that inherited the child's stdin, stdout or stderr kept `wait()` pending after the
+child was reaped and `returncode` was known (CPython gh-119710).
 
 Races and lifetimes:
 
@@ -37,8 +43,10 @@ Races and lifetimes:
   there closes the child's copies of the pidfds, removes the watchers without touching the
   parent's epoll registrations, and waits for nothing: those children are the parent's.
 * An explicitly installed child watcher (`asyncio.set_child_watcher(SafeChildWatcher())`, a
-  `FastChildWatcher`, a custom one) is honoured: asyncio's own code path then runs through it,
-  so programs and tests that choose a watcher get it. This matters most for the watchers that
+  `FastChildWatcher`, a custom one) is honoured: asyncio's own steps then run through it
+  (`with watcher`, `is_active()`, `add_child_handler(pid, self._child_watcher_callback, ...)`,
+  the running version's callback), with the same transport class, so programs and tests that
+  choose a watcher get it. This matters most for the watchers that
   call `waitpid(-1)` (Fast, MultiLoop), which would otherwise steal our children's statuses.
   The policy's default `ThreadedChildWatcher`, created lazily by `get_child_watcher()`, is
   replaced by the loop's own watching.
@@ -48,7 +56,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
+import warnings
 from asyncio import events, unix_events
 from typing import Any
 
@@ -126,6 +136,69 @@ def _start_daemon(name: str, target: Any, *args: Any) -> None:
     threading.Thread(target=target, args=args, name=name, daemon=True).start()
 
 
+def _policy_child_watcher() -> Any:
+    """`asyncio.get_child_watcher()`, as asyncio's `_make_subprocess_transport` calls it."""
+    if sys.version_info >= (3, 12):
+        # 3.12 deprecated child watchers; asyncio's own call silences the warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return events.get_child_watcher()
+    return events.get_child_watcher()
+
+
+class SubprocessTransport(unix_events._UnixSubprocessTransport):
+    """asyncio's Unix subprocess transport, with `wait()` returning when the child exits.
+
+    asyncio 3.11.7, 3.12.1 and 3.13.0 (`base_subprocess.BaseSubprocessTransport`, the same in
+    all three for what follows) resolve the futures `_wait()` hands out in
+    `_call_connection_lost` only, which runs once the child has exited *and* every pipe has
+    closed. A grandchild that inherited the child's stdin, stdout or stderr keeps a pipe open
+    after the child is reaped, so `Process.wait()` stayed pending although `returncode` was
+    known, while a `wait()` called after the exit returned at once (`_wait` checks
+    `_returncode` first). The documentation says `wait()` waits for the process to
+    terminate; uvloop and `subprocess.Popen.wait()` return at exit. CPython gh-119710 (a later
+    release) moved the wake-up into `_process_exited`; this does the same on every version.
+
+    Order is asyncio's: `_process_exited` schedules the protocol's `process_exited` (and,
+    when no pipe is left open, `connection_lost`) before the waiters are resolved, so a task
+    awaiting `wait()` resumes after those callbacks. `connection_lost` itself still waits for
+    the pipes, and `Process.communicate()` still reads them to EOF before it waits.
+
+    Resolving the waiters here, not through `_call()`, also covers a transport whose
+    `_connect_pipes` failed or was cancelled: its pending calls never run, so asyncio's own
+    wake-up never came and `_make_subprocess_transport`'s `await transp._wait()` could hang
+    (CPython gh-125502, gh-140805). Only waiters that are not done are resolved, so releases
+    that already wake them (gh-140805's `_try_finish`, gh-119710) are left as they are.
+    """
+
+    def _process_exited(self, returncode: int) -> None:
+        super()._process_exited(returncode)
+        waiters = self._exit_waiters
+        if waiters:
+            # A fresh list: `_call_connection_lost` calls set_result() on every waiter it
+            # finds there that is not cancelled, which raises InvalidStateError for one
+            # already resolved (CPython gh-145541).
+            self._exit_waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(self._returncode)
+
+    async def _wait(self) -> Any:
+        """asyncio's `_wait`, which also forgets the future of a cancelled call (asyncio keeps
+        each one until the child exits, so `wait_for(proc.wait(), t)` in a loop grows the
+        list)."""
+        if self._returncode is not None:
+            return self._returncode
+        waiter = self._loop.create_future()
+        self._exit_waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            waiters = self._exit_waiters
+            if waiter.cancelled() and waiters and waiter in waiters:
+                waiters.remove(waiter)
+
+
 class ProcessMixin:
     """`_make_subprocess_transport` with the loop's own child watching (see the module)."""
 
@@ -146,17 +219,39 @@ class ProcessMixin:
         self, protocol: Any, args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any,
         bufsize: int, extra: Any = None, **kwargs: Any,
     ) -> Any:
-        if _explicit_child_watcher() is not None:
-            # asyncio's own path through the chosen watcher (NetworkingMixin borrows it).
-            return await super()._make_subprocess_transport(  # type: ignore[misc]
-                protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
+        if _explicit_child_watcher() is None:
+            return await self._start_subprocess(
+                None, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs
             )
+        # asyncio's steps (unix_events `_make_subprocess_transport`) through the chosen watcher.
+        watcher = _policy_child_watcher()
+        with watcher as entered:
+            if sys.version_info < (3, 12):
+                # 3.11 uses what `__enter__` returns (`with get_child_watcher() as watcher`);
+                # 3.12 and 3.13 the watcher itself.
+                watcher = entered
+            if not watcher.is_active():
+                raise RuntimeError(
+                    "asyncio.get_child_watcher() is not activated, "
+                    "subprocess support is not installed."
+                )
+            return await self._start_subprocess(
+                watcher, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs
+            )
+
+    async def _start_subprocess(
+        self, watcher: Any, protocol: Any, args: Any, shell: bool, stdin: Any, stdout: Any,
+        stderr: Any, bufsize: int, extra: Any, kwargs: dict[str, Any],
+    ) -> Any:
         waiter = self.create_future()
-        transp = unix_events._UnixSubprocessTransport(
+        transp = SubprocessTransport(
             self, protocol, args, shell, stdin, stdout, stderr, bufsize,
             waiter=waiter, extra=extra, **kwargs,
         )  # fmt: skip
-        self._watch_child(transp.get_pid(), transp)
+        if watcher is None:
+            self._watch_child(transp.get_pid(), transp)
+        else:
+            watcher.add_child_handler(transp.get_pid(), self._child_watcher_callback, transp)
         try:
             await waiter
         except (SystemExit, KeyboardInterrupt):
