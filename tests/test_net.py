@@ -708,7 +708,8 @@ def test_write_after_a_close_that_flushed_is_dropped(loop, loop_kind, caplog):
     """`close()` with data queued: once it is sent and connection_lost has run, a late
     `write()`/`writelines()` is dropped and counted, warning from the fifth on as asyncio
     warns. Stock asyncio (3.11-3.13) never counts such a close as lost and raises
-    AttributeError from inside its released transport instead (its own bug)."""
+    AttributeError (TypeError from 3.12's writelines) from inside its released transport
+    instead (its own bug)."""
 
     async def main() -> tuple[int, list[BaseException]]:
         peers: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
@@ -743,7 +744,8 @@ def test_write_after_a_close_that_flushed_is_dropped(loop, loop_kind, caplog):
     pending, raised = loop.run_until_complete(main())
     assert pending > 0  # the close really had data queued
     if loop_kind == "asyncio":
-        assert raised and all(isinstance(e, AttributeError) for e in raised)
+        # 3.12+'s writelines meets `self._write_ready = None` there: TypeError.
+        assert raised and all(isinstance(e, (AttributeError, TypeError)) for e in raised)
         return
     assert raised == []
     warnings = [r for r in caplog.records if r.getMessage() == "socket.send() raised exception."]
