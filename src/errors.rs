@@ -2,8 +2,14 @@
 
 use std::io;
 
-use pyo3::exceptions::PyOSError;
-use pyo3::PyErr;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit};
+use pyo3::{PyErr, Python};
+
+/// Whether an exception must propagate out of a callback instead of being reported to the
+/// protocol or the loop (asyncio's `except (SystemExit, KeyboardInterrupt): raise`).
+pub fn is_exit_exception(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
 
 /// `OSError(errno, strerror)`, which Python turns into the matching subclass
 /// (`BlockingIOError`, `ConnectionResetError`, `BrokenPipeError`…) with `errno` set, exactly

@@ -9,6 +9,7 @@ mod gil_cell;
 mod handles;
 mod sock_ops;
 mod sockaddr;
+mod sys;
 mod transports;
 
 use pyo3::prelude::*;

@@ -33,23 +33,21 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{
-    PyBlockingIOError, PyInterruptedError, PyOSError, PyRuntimeError, PyStopIteration, PyTypeError,
-    PyValueError,
-};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::errors::is_exit_exception;
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::{new_tracked, Handle};
 use crate::sockaddr::{address_to_py, parse_inet, SockAddr};
-use crate::transports::common::{is_exit_exception, would_block};
+use crate::sys::{self, would_block, would_block_err};
 
 /// Largest read into the loop's reused buffer (as the transports). A stream read may return
 /// less than asked; a larger read on another kind of socket goes through `sock.recv`, which
@@ -388,12 +386,7 @@ impl Outcome {
     fn of_call(py: Python<'_>, result: PyResult<Bound<'_, PyAny>>) -> Outcome {
         match result {
             Ok(v) => Outcome::Done(Some(v.unbind())),
-            Err(e)
-                if e.is_instance_of::<PyBlockingIOError>(py)
-                    || e.is_instance_of::<PyInterruptedError>(py) =>
-            {
-                Outcome::WouldBlock
-            }
+            Err(e) if would_block_err(py, &e) => Outcome::WouldBlock,
             Err(e) => Outcome::Failed(e),
         }
     }
@@ -403,20 +396,6 @@ impl Outcome {
             Ok(v) => Outcome::Done(v),
             Err(e) if would_block(&e) => Outcome::WouldBlock,
             Err(e) => Outcome::Failed(os_error(e)),
-        }
-    }
-}
-
-/// Runs `syscall` until it does not fail with EINTR (PEP 475, as the socket module does).
-fn retry_eintr(mut syscall: impl FnMut() -> isize) -> io::Result<usize> {
-    loop {
-        let n = syscall();
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
         }
     }
 }
@@ -829,11 +808,7 @@ impl SockOp {
         };
         let bytes = held.bytes(py);
         let rest = &bytes[(*pos).min(bytes.len())..];
-        // SAFETY: `rest` is readable for its length (the bytes object or the held buffer
-        // outlives the call); the kernel only reads it.
-        let sent = retry_eintr(|| unsafe {
-            libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL)
-        });
+        let sent = sys::write(fd, rest, true);
         let total = bytes.len();
         Ok(match sent {
             Ok(n) => {
@@ -910,9 +885,9 @@ fn recv_into(sock: &Bound<'_, PyAny>, fd: RawFd, buf: &Bound<'_, PyAny>) -> PyRe
         ));
     };
     let len = view.len.max(0) as usize;
-    let ptr = view.buf;
-    // SAFETY: `ptr` is `len` writable bytes, exported until released below.
-    let got = retry_eintr(|| unsafe { libc::recv(fd, ptr, len, 0) });
+    // SAFETY: `view.buf` is `len` writable bytes, exported until released below.
+    let data = unsafe { std::slice::from_raw_parts_mut(view.buf.cast(), len) };
+    let got = sys::read(fd, data, true);
     // SAFETY: releasing the buffer exported above, once.
     unsafe { ffi::PyBuffer_Release(&mut view) };
     Ok(match got {
@@ -1002,23 +977,10 @@ fn recvfrom_into(
         )));
     }
     let want = if n == 0 { buflen } else { n };
-    let ptr = view.buf;
     let mut addr = SockAddr::new();
-    let got = retry_eintr(|| {
-        addr.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: `ptr` is at least `want` writable bytes (exported until released below);
-        // `addr` is a writable sockaddr_storage whose size `addr.len` gives.
-        unsafe {
-            libc::recvfrom(
-                fd,
-                ptr,
-                want,
-                0,
-                (&mut addr.storage as *mut libc::sockaddr_storage).cast(),
-                &mut addr.len,
-            )
-        }
-    });
+    // SAFETY: `view.buf` is at least `want` writable bytes, exported until released below.
+    let data = unsafe { std::slice::from_raw_parts_mut(view.buf.cast(), want) };
+    let got = sys::recvfrom(fd, data, &mut addr.storage, &mut addr.len);
     // SAFETY: releasing the buffer exported above, once.
     unsafe { ffi::PyBuffer_Release(&mut view) };
     Ok(match got {
@@ -1061,20 +1023,7 @@ fn sendto(
         },
     };
     let bytes = buffer.bytes(py);
-    let sent = retry_eintr(|| {
-        // SAFETY: `bytes` is readable for its length; `sa` is a sockaddr of `sa.len` bytes;
-        // the kernel only reads both.
-        unsafe {
-            libc::sendto(
-                fd,
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_NOSIGNAL,
-                sa.as_ptr(),
-                sa.len,
-            )
-        }
-    });
+    let sent = sys::sendto(fd, bytes, Some((sa.as_ptr(), sa.len)));
     Ok(match sent {
         Ok(n) => Outcome::Done(Some(n.into_pyobject(py)?.into_any().unbind())),
         Err(e) => Outcome::of_io(Err(e)),
@@ -1103,20 +1052,9 @@ fn accept(sock: &Bound<'_, PyAny>, fd: RawFd, refs: &SockRefs) -> PyResult<Outco
         });
     }
     let mut addr = SockAddr::new();
-    let accepted = retry_eintr(|| {
-        addr.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: `addr` is a writable sockaddr_storage whose size `addr.len` gives.
-        unsafe {
-            libc::accept4(
-                fd,
-                (&mut addr.storage as *mut libc::sockaddr_storage).cast(),
-                &mut addr.len,
-                libc::SOCK_CLOEXEC,
-            ) as isize
-        }
-    });
+    let accepted = sys::accept(fd, &mut addr.storage, &mut addr.len);
     let conn_fd = match accepted {
-        Ok(n) => n as RawFd,
+        Ok(fd) => fd,
         Err(e) => return Ok(Outcome::of_io(Err(e))),
     };
     let close_fd = |e: PyErr| {

@@ -351,17 +351,7 @@ impl LoopCore {
         socket: bool,
         max: usize,
     ) -> PyResult<io::Result<Bound<'py, pyo3::types::PyBytes>>> {
-        self.read_into_buffer(py, max, |buf| {
-            // SAFETY: `buf` points to at least `max` writable bytes (see `read_into_buffer`);
-            // recv/read write at most `max` bytes.
-            unsafe {
-                if socket {
-                    libc::recv(fd, buf, max, 0)
-                } else {
-                    libc::read(fd, buf, max)
-                }
-            }
-        })
+        self.read_into_buffer(py, max, |buf| crate::sys::read(fd, buf, socket))
     }
 
     /// One `recvfrom()` of at most `max` bytes from the socket `fd` into the loop's reused
@@ -375,47 +365,25 @@ impl LoopCore {
         addr: &mut libc::sockaddr_storage,
         addrlen: &mut libc::socklen_t,
     ) -> PyResult<io::Result<Bound<'py, pyo3::types::PyBytes>>> {
-        self.read_into_buffer(py, max, |buf| {
-            *addrlen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            // SAFETY: `buf` points to at least `max` writable bytes (see `read_into_buffer`);
-            // `addr` is a writable sockaddr_storage whose size `addrlen` gives. The kernel
-            // writes at most that much to each.
-            unsafe {
-                libc::recvfrom(
-                    fd,
-                    buf,
-                    max,
-                    0,
-                    (addr as *mut libc::sockaddr_storage).cast(),
-                    addrlen,
-                )
-            }
-        })
+        self.read_into_buffer(py, max, |buf| crate::sys::recvfrom(fd, buf, addr, addrlen))
     }
 
-    /// Runs `read` (one syscall into a buffer of at least `max` bytes, returning its result)
-    /// on the loop's reused buffer, retrying on EINTR, and returns what it read as `bytes`.
-    /// The buffer stays mutably borrowed, so no other read can use it meanwhile.
+    /// Runs `read` (one syscall into the given buffer of `max` bytes) on the loop's reused
+    /// buffer and returns what it read as `bytes`. The buffer stays mutably borrowed, so no
+    /// other read can use it meanwhile.
     fn read_into_buffer<'py>(
         &self,
         py: Python<'py>,
         max: usize,
-        mut read: impl FnMut(*mut libc::c_void) -> isize,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> PyResult<io::Result<Bound<'py, pyo3::types::PyBytes>>> {
         let mut st = self.state.borrow_mut(py)?;
         if st.recv_buffer.len() < max {
             st.recv_buffer.resize(max, 0);
         }
-        let buf = st.recv_buffer.as_mut_ptr().cast();
-        let got = loop {
-            let n = read(buf);
-            if n >= 0 {
-                break n as usize;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Ok(Err(err));
-            }
+        let got = match read(&mut st.recv_buffer[..max]) {
+            Ok(n) => n.min(max),
+            Err(e) => return Ok(Err(e)),
         };
         Ok(Ok(pyo3::types::PyBytes::new(py, &st.recv_buffer[..got])))
     }

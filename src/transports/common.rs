@@ -7,36 +7,21 @@
 //! functions here work on any such core.
 
 use std::cell::{Ref, RefMut};
-use std::io;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use pyo3::{PyClass, PyTraverseError, PyVisit};
 
+pub(crate) use crate::errors::is_exit_exception;
 use crate::event_loop::fds::Direction;
 use crate::event_loop::LoopCore;
 use crate::handles::{new_tracked, Handle};
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 pub(crate) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-
-/// Whether an exception must propagate out of the transport instead of being reported to
-/// the protocol or the loop (asyncio's `except (SystemExit, KeyboardInterrupt): raise`).
-pub(crate) fn is_exit_exception(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
-}
-
-/// Whether a failed syscall only means "not now" (asyncio's
-/// `except (BlockingIOError, InterruptedError)`).
-pub(crate) fn would_block(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
-}
 
 /// The references `Link::take_refs` hands back, to be dropped after the borrow ends.
 pub(crate) type LinkRefs = (

@@ -32,22 +32,21 @@ use std::io;
 use std::mem;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{
-    PyBlockingIOError, PyInterruptedError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::common::{self, is_exit_exception, would_block, Link, TransportCore};
+use super::common::{self, is_exit_exception, Link, TransportCore};
 use crate::buffer::with_buffer;
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::sockaddr::{address_to_py, parse_inet, SockAddr};
+use crate::sys::{self, would_block, would_block_err};
 
 /// Largest datagram read (asyncio's `max_size`); the loop's buffer is reused, so this costs
 /// no allocation per read.
@@ -155,29 +154,9 @@ impl DatagramTransport {
                 None => return self.send_via_socket(py, data, addr),
             }
         };
-        let sent = with_buffer(data, |bytes| loop {
-            // SAFETY: `bytes` is readable for its length; `sa` (when given) is a sockaddr of
-            // `sa.len` bytes; the kernel only reads from both.
-            let n = unsafe {
-                match &target {
-                    None => libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL),
-                    Some(sa) => libc::sendto(
-                        fd,
-                        bytes.as_ptr().cast(),
-                        bytes.len(),
-                        libc::MSG_NOSIGNAL,
-                        sa.as_ptr(),
-                        sa.len,
-                    ),
-                }
-            };
-            if n >= 0 {
-                break Ok(());
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                break Err(err);
-            }
+        let sent = with_buffer(data, |bytes| {
+            let addr = target.as_ref().map(|sa| (sa.as_ptr(), sa.len));
+            sys::sendto(fd, bytes, addr).map(drop)
         });
         Ok(match sent {
             Ok(result) => io_outcome(result),
@@ -207,12 +186,7 @@ impl DatagramTransport {
                 .call_method1(intern!(py, "sendto"), (data, addr))
             {
                 Ok(_) => Sent::Done,
-                Err(e)
-                    if e.is_instance_of::<PyBlockingIOError>(py)
-                        || e.is_instance_of::<PyInterruptedError>(py) =>
-                {
-                    Sent::WouldBlock
-                }
+                Err(e) if would_block_err(py, &e) => Sent::WouldBlock,
                 Err(e) => Sent::Failed(e),
             },
         )
@@ -315,12 +289,7 @@ impl DatagramTransport {
             .and_then(|r| r.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>());
         match received {
             Ok((data, addr)) => Self::deliver(slf, &data, &addr),
-            Err(e)
-                if e.is_instance_of::<PyBlockingIOError>(py)
-                    || e.is_instance_of::<PyInterruptedError>(py) =>
-            {
-                Ok(())
-            }
+            Err(e) if would_block_err(py, &e) => Ok(()),
             Err(e) if is_exit_exception(py, &e) => Err(e),
             Err(e) if e.is_instance_of::<PyOSError>(py) => Self::error_received(slf, e),
             Err(e) => common::fatal(slf, e, READ_ERROR),

@@ -29,11 +29,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::common::{self, would_block, Link, TransportCore};
+use super::common::{self, Link, TransportCore};
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
+use crate::sys::{self, would_block, would_block_err};
 
 /// Largest single read (asyncio's `max_size`); the loop's buffer is reused, so this costs
 /// no allocation per read.
@@ -127,38 +128,10 @@ pub struct StreamTransport {
     state: GilCell<State>,
 }
 
-/// Whether an exception from a socket method only means "not now" (asyncio's
-/// `except (BlockingIOError, InterruptedError)`).
-fn would_block_err(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
-        || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
-}
-
 impl StreamTransport {
-    /// `send()` (sockets, without SIGPIPE) or `write()` (pipes) of `data`; EINTR retried.
+    /// `send()` (sockets, without SIGPIPE) or `write()` (pipes) of `data`.
     fn send(&self, data: &[u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: `data` is a live byte slice for the duration of the call; the kernel
-            // only reads `data.len()` bytes from it.
-            let n = unsafe {
-                match self.kind {
-                    Kind::Socket => libc::send(
-                        self.fd,
-                        data.as_ptr().cast(),
-                        data.len(),
-                        libc::MSG_NOSIGNAL,
-                    ),
-                    _ => libc::write(self.fd, data.as_ptr().cast(), data.len()),
-                }
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        sys::write(self.fd, data, self.kind == Kind::Socket)
     }
 
     /// Sends as much of the queue as the kernel takes (one `writev`/`sendmsg` per
@@ -195,7 +168,7 @@ impl StreamTransport {
                     Err(e) => return Err(e),
                 }
             } else {
-                self.send_vectored(&mut iov[..count])?
+                self.send_vectored(&iov[..count])?
             };
             let Some(sent) = sent else {
                 return Ok(());
@@ -244,32 +217,13 @@ impl StreamTransport {
         Ok(())
     }
 
-    /// One `sendmsg` (sockets, without SIGPIPE) or `writev` (pipes) of `iov`; EINTR retried.
+    /// One `sendmsg` (sockets, without SIGPIPE) or `writev` (pipes) of `iov`.
     /// `Ok(None)` when the fd would block.
-    fn send_vectored(&self, iov: &mut [libc::iovec]) -> io::Result<Option<usize>> {
-        loop {
-            // SAFETY: every iovec points into a `bytes` object held by the queue, which is not
-            // modified during the call; the kernel only reads from them.
-            let n = unsafe {
-                match self.kind {
-                    Kind::Socket => {
-                        let mut msg: libc::msghdr = std::mem::zeroed();
-                        msg.msg_iov = iov.as_mut_ptr();
-                        msg.msg_iovlen = iov.len() as _;
-                        libc::sendmsg(self.fd, &msg, libc::MSG_NOSIGNAL)
-                    }
-                    _ => libc::writev(self.fd, iov.as_ptr(), iov.len() as libc::c_int),
-                }
-            };
-            if n >= 0 {
-                return Ok(Some(n as usize));
-            }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(None),
-                _ => return Err(err),
-            }
+    fn send_vectored(&self, iov: &[libc::iovec]) -> io::Result<Option<usize>> {
+        match sys::write_vectored(self.fd, iov, self.kind == Kind::Socket) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -457,10 +411,7 @@ impl StreamTransport {
             return;
         }
         st.pipe_grown = true;
-        // SAFETY: fcntl on our own fd with an int argument; errors are ignored on purpose.
-        unsafe {
-            libc::fcntl(self.fd, libc::F_SETPIPE_SZ, BULK_PIPE_CAPACITY);
-        }
+        sys::try_set_pipe_size(self.fd, BULK_PIPE_CAPACITY);
     }
 }
 
@@ -491,18 +442,11 @@ fn read_fresh_bytes(
         if obj.is_null() {
             return Err(PyErr::fetch(py));
         }
-        let buf = ffi::PyBytes_AsString(obj).cast::<libc::c_void>();
-        let got = loop {
-            let n = if socket {
-                libc::recv(fd, buf, BULK_READ, 0)
-            } else {
-                libc::read(fd, buf, BULK_READ)
-            };
-            if n >= 0 {
-                break n as usize;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
+        let buf =
+            std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(obj).cast::<u8>(), BULK_READ);
+        let got = match sys::read(fd, buf, socket) {
+            Ok(n) => n,
+            Err(err) => {
                 ffi::Py_DECREF(obj);
                 return Ok(Err(err));
             }
@@ -551,7 +495,8 @@ fn recv_into(
     let py = buf.py();
     let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
     // SAFETY: `view` is filled by PyObject_GetBuffer on success and released below; a
-    // writable simple buffer is one contiguous run of `len` bytes.
+    // writable simple buffer is one contiguous run of `len` bytes, which stays valid (and
+    // is only written by the kernel) until the release.
     unsafe {
         if ffi::PyObject_GetBuffer(buf.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE) != 0 {
             // As `socket.recv_into` reports it (asyncio's transport calls that).
@@ -566,19 +511,8 @@ fn recv_into(
             return Err(Ok(err));
         }
         let mut view = view.assume_init();
-        let n = loop {
-            let n = match kind {
-                Kind::Socket => libc::recv(fd, view.buf, view.len as usize, 0),
-                _ => libc::read(fd, view.buf, view.len as usize),
-            };
-            if n >= 0 {
-                break Ok(n as usize);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                break Err(Err(err));
-            }
-        };
+        let data = std::slice::from_raw_parts_mut(view.buf.cast::<u8>(), view.len as usize);
+        let n = sys::read(fd, data, kind == Kind::Socket).map_err(Err);
         ffi::PyBuffer_Release(&mut view);
         n
     }
@@ -736,10 +670,7 @@ impl StreamTransport {
                 .bind(py)
                 .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
         } else if eof {
-            // SAFETY: shutdown on our own fd; a failure is reported like socket.shutdown.
-            if unsafe { libc::shutdown(this.fd, libc::SHUT_WR) } != 0 {
-                return Err(os_error(io::Error::last_os_error()));
-            }
+            sys::shutdown_write(this.fd).map_err(os_error)?;
         }
         Ok(())
     }
@@ -972,10 +903,7 @@ impl StreamTransport {
             st.queue.is_empty()
         };
         if empty {
-            // SAFETY: shutdown on our own fd.
-            if unsafe { libc::shutdown(this.fd, libc::SHUT_WR) } != 0 {
-                return Err(os_error(io::Error::last_os_error()));
-            }
+            sys::shutdown_write(this.fd).map_err(os_error)?;
         }
         Ok(())
     }

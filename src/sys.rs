@@ -1,0 +1,183 @@
+//! The system calls under the transports and the `sock_*` operations, after mio's
+//! `sys/unix`: one small layer so that transport files hold only asyncio's semantics.
+//!
+//! Every call here is retried on EINTR (PEP 475, as the socket module does) by
+//! `retry_eintr`, the one place that loop is written. Errors come back as `io::Error`;
+//! turning them into Python exceptions happens at the boundary (`crate::errors`).
+
+use std::io;
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError};
+use pyo3::{PyErr, Python};
+
+/// Runs `syscall` until it does not fail with EINTR; a negative result is the error in
+/// `errno`.
+pub(crate) fn retry_eintr(mut syscall: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = syscall();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Whether a failed syscall only means "not now" (asyncio's
+/// `except (BlockingIOError, InterruptedError)`).
+pub(crate) fn would_block(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// The same test for an exception raised by a Python socket method.
+pub(crate) fn would_block_err(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py)
+}
+
+/// `send()` without SIGPIPE (a socket) or `write()` (a pipe or character device).
+pub(crate) fn write(fd: RawFd, data: &[u8], socket: bool) -> io::Result<usize> {
+    retry_eintr(|| {
+        // SAFETY: `data` is a live byte slice for the duration of the call; the kernel only
+        // reads `data.len()` bytes from it.
+        unsafe {
+            if socket {
+                libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL)
+            } else {
+                libc::write(fd, data.as_ptr().cast(), data.len())
+            }
+        }
+    })
+}
+
+/// `sendmsg()` without SIGPIPE (a socket) or `writev()` (a pipe) of `iov`.
+///
+/// Every `iovec` must point to memory that stays readable and unchanged for the call.
+pub(crate) fn write_vectored(fd: RawFd, iov: &[libc::iovec], socket: bool) -> io::Result<usize> {
+    retry_eintr(|| {
+        // SAFETY: the caller guarantees each iovec points to readable memory of its length;
+        // the kernel only reads from them. `msg` is zeroed but for the iov fields.
+        unsafe {
+            if socket {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = iov.len() as _;
+                libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+            } else {
+                libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int)
+            }
+        }
+    })
+}
+
+/// `recv()` (a socket) or `read()` (a pipe) into `buf`.
+pub(crate) fn read(fd: RawFd, buf: &mut [u8], socket: bool) -> io::Result<usize> {
+    retry_eintr(|| {
+        // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()`
+        // bytes into it.
+        unsafe {
+            if socket {
+                libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0)
+            } else {
+                libc::read(fd, buf.as_mut_ptr().cast(), buf.len())
+            }
+        }
+    })
+}
+
+/// `recvfrom()` into `buf`; the sender's address is written to `addr`, its length to
+/// `addrlen` (0 when there is none).
+pub(crate) fn recvfrom(
+    fd: RawFd,
+    buf: &mut [u8],
+    addr: &mut libc::sockaddr_storage,
+    addrlen: &mut libc::socklen_t,
+) -> io::Result<usize> {
+    retry_eintr(|| {
+        *addrlen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `buf` is a live writable slice and `addr` a writable sockaddr_storage
+        // whose size `addrlen` gives; the kernel writes at most that much to each.
+        unsafe {
+            libc::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (addr as *mut libc::sockaddr_storage).cast(),
+                addrlen,
+            )
+        }
+    })
+}
+
+/// `send()` (connected) or `sendto()` of one datagram, without SIGPIPE. `addr` is a
+/// sockaddr of `addrlen` bytes.
+pub(crate) fn sendto(
+    fd: RawFd,
+    data: &[u8],
+    addr: Option<(*const libc::sockaddr, libc::socklen_t)>,
+) -> io::Result<usize> {
+    retry_eintr(|| {
+        // SAFETY: `data` is a live byte slice; `addr`, when given, points to a sockaddr of
+        // `addrlen` bytes that the caller keeps alive for the call. The kernel only reads.
+        unsafe {
+            match addr {
+                None => libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL),
+                Some((sa, len)) => libc::sendto(
+                    fd,
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_NOSIGNAL,
+                    sa,
+                    len,
+                ),
+            }
+        }
+    })
+}
+
+/// `shutdown(fd, SHUT_WR)`: the half-close of `write_eof()`.
+pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown takes only integers; a bad fd is reported through errno.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Asks the kernel to grow a pipe's buffer to `size` bytes (`F_SETPIPE_SZ`). Best effort:
+/// a failure (not a pipe, the user's limit reached) leaves the pipe as it was.
+pub(crate) fn try_set_pipe_size(fd: RawFd, size: libc::c_int) {
+    // SAFETY: fcntl with an int argument; errors are ignored on purpose.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETPIPE_SZ, size);
+    }
+}
+
+/// `accept4(fd, SOCK_CLOEXEC)`: the new connection's fd; the peer's address is written to
+/// `addr`, its length to `addrlen`.
+pub(crate) fn accept(
+    fd: RawFd,
+    addr: &mut libc::sockaddr_storage,
+    addrlen: &mut libc::socklen_t,
+) -> io::Result<RawFd> {
+    retry_eintr(|| {
+        *addrlen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `addr` is a writable sockaddr_storage whose size `addrlen` gives.
+        unsafe {
+            libc::accept4(
+                fd,
+                (addr as *mut libc::sockaddr_storage).cast(),
+                addrlen,
+                libc::SOCK_CLOEXEC,
+            ) as isize
+        }
+    })
+    .map(|n| n as RawFd)
+}
