@@ -886,7 +886,7 @@ fn recv_into(sock: &Bound<'_, PyAny>, fd: RawFd, buf: &Bound<'_, PyAny>) -> PyRe
     };
     let len = view.len.max(0) as usize;
     // SAFETY: `view.buf` is `len` writable bytes, exported until released below.
-    let data = unsafe { std::slice::from_raw_parts_mut(view.buf.cast(), len) };
+    let data = unsafe { sys::exported_bytes(view.buf, len) };
     let got = sys::read(fd, data, true);
     // SAFETY: releasing the buffer exported above, once.
     unsafe { ffi::PyBuffer_Release(&mut view) };
@@ -979,7 +979,7 @@ fn recvfrom_into(
     let want = if n == 0 { buflen } else { n };
     let mut addr = SockAddr::new();
     // SAFETY: `view.buf` is at least `want` writable bytes, exported until released below.
-    let data = unsafe { std::slice::from_raw_parts_mut(view.buf.cast(), want) };
+    let data = unsafe { sys::exported_bytes(view.buf, want) };
     let got = sys::recvfrom(fd, data, &mut addr.storage, &mut addr.len);
     // SAFETY: releasing the buffer exported above, once.
     unsafe { ffi::PyBuffer_Release(&mut view) };

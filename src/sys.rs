@@ -40,6 +40,20 @@ pub(crate) fn would_block_err(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py)
 }
 
+/// The writable bytes of an exported Python buffer (`Py_buffer.buf`, `.len`) as a slice;
+/// empty when `len` is 0, whatever `ptr` is (an empty buffer may export NULL).
+///
+/// # Safety
+/// `ptr` must point to `len` writable bytes that stay exported, and are not otherwise
+/// accessed, for the lifetime `'a`.
+pub(crate) unsafe fn exported_bytes<'a>(ptr: *mut libc::c_void, len: usize) -> &'a mut [u8] {
+    if len == 0 || ptr.is_null() {
+        return &mut [];
+    }
+    // SAFETY: non-null, and the caller guarantees `len` writable bytes for `'a`.
+    unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u8>(), len) }
+}
+
 /// `send()` without SIGPIPE (a socket) or `write()` (a pipe or character device).
 pub(crate) fn write(fd: RawFd, data: &[u8], socket: bool) -> io::Result<usize> {
     retry_eintr(|| {

@@ -511,7 +511,7 @@ fn recv_into(
             return Err(Ok(err));
         }
         let mut view = view.assume_init();
-        let data = std::slice::from_raw_parts_mut(view.buf.cast::<u8>(), view.len as usize);
+        let data = sys::exported_bytes(view.buf, view.len.max(0) as usize);
         let n = sys::read(fd, data, kind == Kind::Socket).map_err(Err);
         ffi::PyBuffer_Release(&mut view);
         n
