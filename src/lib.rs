@@ -22,6 +22,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     handles::install_freelists(py);
+    m.add_class::<transports::base::NativeTransport>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sock_ops::SockOp>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;

@@ -26,7 +26,6 @@
 //! them for reuse: `_read_ready` and `_sendto_ready` check that they are still registered
 //! before touching the fd.
 
-use std::cell::{Ref, RefMut};
 use std::collections::VecDeque;
 use std::io;
 use std::mem;
@@ -37,9 +36,10 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::PyClassInitializer;
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::common::{self, is_exit_exception, Link, TransportCore};
+use super::base::{self, is_exit_exception, NativeTransport};
 use crate::buffer::with_buffer;
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
@@ -71,8 +71,6 @@ fn io_outcome(result: io::Result<()>) -> Sent {
 }
 
 struct State {
-    /// Loop, owner, protocol, watchers, closing and flow-control state.
-    link: Link,
     /// The socket object, for what goes through the socket module (see the module doc).
     sock: Option<Py<PyAny>>,
     /// asyncio's `_address`, when true: the only destination `sendto` accepts.
@@ -83,7 +81,7 @@ struct State {
     last_peer: Option<(SockAddr, Py<PyAny>)>,
 }
 
-#[pyclass(frozen, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, extends = NativeTransport, module = "ferroloop._ferroloop")]
 pub struct DatagramTransport {
     fd: RawFd,
     family: libc::c_int,
@@ -217,10 +215,9 @@ impl DatagramTransport {
     fn error_received(slf: &Bound<'_, Self>, err: PyErr) -> PyResult<()> {
         let py = slf.py();
         let protocol = slf
+            .as_super()
             .get()
-            .state
-            .borrow(py)?
-            .link
+            .link(py)?
             .protocol
             .as_ref()
             .map(|p| p.clone_ref(py));
@@ -242,7 +239,7 @@ impl DatagramTransport {
         if err.is_instance_of::<PyOSError>(py) {
             return Self::error_received(slf, err);
         }
-        common::fatal(slf, err, WRITE_ERROR)
+        base::fatal(slf.as_super(), err, WRITE_ERROR)
     }
 
     /// Hands a datagram to `protocol.datagram_received`; what it raises propagates.
@@ -253,10 +250,9 @@ impl DatagramTransport {
     ) -> PyResult<()> {
         let py = slf.py();
         let protocol = slf
+            .as_super()
             .get()
-            .state
-            .borrow(py)?
-            .link
+            .link(py)?
             .protocol
             .as_ref()
             .map(|p| p.clone_ref(py));
@@ -292,51 +288,16 @@ impl DatagramTransport {
             Err(e) if would_block_err(py, &e) => Ok(()),
             Err(e) if is_exit_exception(py, &e) => Err(e),
             Err(e) if e.is_instance_of::<PyOSError>(py) => Self::error_received(slf, e),
-            Err(e) => common::fatal(slf, e, READ_ERROR),
+            Err(e) => base::fatal(slf.as_super(), e, READ_ERROR),
         }
     }
 
-    /// asyncio's `_force_close`: drop queued datagrams, stop watching, schedule
-    /// connection_lost.
-    fn force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let (dropped, stop_reading) = {
-            let mut st = slf.get().state.borrow_mut(py)?;
-            if st.link.conn_lost > 0 {
-                return Ok(());
-            }
-            let dropped = mem::take(&mut st.queue);
-            st.link.queued = 0;
-            let stop_reading = !st.link.closing;
-            st.link.closing = true;
-            st.link.conn_lost += 1;
-            (dropped, stop_reading)
-        };
-        let had_queue = !dropped.is_empty();
+    /// `NativeTransport`'s hook for `_force_close`: drops the queued datagrams.
+    fn drop_queue(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
+        let py = base.py();
+        let dropped = mem::take(&mut base.cast::<Self>()?.get().state.borrow_mut(py)?.queue);
         drop(dropped);
-        if had_queue {
-            common::watch(slf, Direction::Write, false)?;
-        }
-        if stop_reading {
-            common::watch(slf, Direction::Read, false)?;
-        }
-        common::schedule_connection_lost(slf, exc)
-    }
-}
-
-impl TransportCore for DatagramTransport {
-    const WRITE_READY: &'static str = "_sendto_ready";
-
-    fn fd(&self) -> RawFd {
-        self.fd
-    }
-
-    fn link<'a>(&'a self, py: Python<'a>) -> PyResult<Ref<'a, Link>> {
-        Ok(Ref::map(self.state.borrow(py)?, |st| &st.link))
-    }
-
-    fn link_mut<'a>(&'a self, py: Python<'a>) -> PyResult<RefMut<'a, Link>> {
-        Ok(RefMut::map(self.state.borrow_mut(py)?, |st| &mut st.link))
+        Ok(())
     }
 }
 
@@ -354,29 +315,37 @@ impl DatagramTransport {
         family: libc::c_int,
         connected: bool,
         address: Option<Py<PyAny>>,
-    ) -> PyResult<Self> {
-        let address = address.filter(|a| !a.is_none(event_loop.py()));
-        Ok(DatagramTransport {
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let py = event_loop.py();
+        let address = address.filter(|a| !a.is_none(py));
+        let shared = NativeTransport::new(
+            event_loop.unbind(),
+            owner,
             fd,
-            family,
-            native_recv: matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX),
-            connected,
-            rules: DatagramRules::for_interpreter(event_loop.py()),
-            state: GilCell::new(State {
-                link: Link::new(event_loop.unbind(), owner),
-                sock: Some(sock),
-                address,
-                queue: VecDeque::new(),
-                last_peer: None,
+            "_sendto_ready",
+            Self::drop_queue,
+        );
+        Ok(
+            PyClassInitializer::from(shared).add_subclass(DatagramTransport {
+                fd,
+                family,
+                native_recv: matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX),
+                connected,
+                rules: DatagramRules::for_interpreter(py),
+                state: GilCell::new(State {
+                    sock: Some(sock),
+                    address,
+                    queue: VecDeque::new(),
+                    last_peer: None,
+                }),
             }),
-        })
+        )
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         let Some(st) = self.state.borrow_for_traverse() else {
             return Ok(());
         };
-        st.link.traverse(&visit)?;
         visit.call(&st.sock)?;
         visit.call(&st.address)?;
         for (_, addr) in &st.queue {
@@ -392,7 +361,6 @@ impl DatagramTransport {
         Python::attach(|py| {
             let dropped = match self.state.borrow_mut(py) {
                 Ok(mut st) => (
-                    st.link.take_refs(),
                     st.sock.take(),
                     st.address.take(),
                     mem::take(&mut st.queue),
@@ -404,37 +372,27 @@ impl DatagramTransport {
         });
     }
 
-    fn set_protocol(&self, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
         let py = protocol.py();
-        let dropped = self
-            .state
-            .borrow_mut(py)?
-            .link
+        let dropped = slf
+            .as_super()
+            .get()
+            .link_mut(py)?
             .protocol
             .replace(protocol.unbind());
         drop(dropped);
         Ok(())
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        common::protocol(self, py)
-    }
-
-    /// Starts watching for datagrams unless paused or closing (asyncio's deferred
-    /// `_add_reader` after `connection_made`).
-    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        common::start_reading(slf)
-    }
-
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let lp = {
-            let st = this.state.borrow(py)?;
-            if st.link.conn_lost > 0 || !st.link.reader_registered {
+            let link = slf.as_super().get().link(py)?;
+            if link.conn_lost > 0 || !link.reader_registered {
                 return Ok(());
             }
-            match st.link.event_loop.as_ref() {
+            match link.event_loop.as_ref() {
                 Some(lp) => lp.clone_ref(py),
                 None => return Ok(()),
             }
@@ -457,7 +415,7 @@ impl DatagramTransport {
         };
         let peer = match this.peer_object(py, &addr) {
             Ok(peer) => peer,
-            Err(e) => return common::fatal(slf, e, READ_ERROR),
+            Err(e) => return base::fatal(slf.as_super(), e, READ_ERROR),
         };
         Self::deliver(slf, data.as_any(), &peer)
     }
@@ -466,7 +424,8 @@ impl DatagramTransport {
     fn _sendto_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if !this.state.borrow(py)?.link.writer_registered {
+        let shared = slf.as_super().get();
+        if !shared.link(py)?.writer_registered {
             return Ok(());
         }
         loop {
@@ -475,7 +434,7 @@ impl DatagramTransport {
                 let Some(item) = st.queue.pop_front() else {
                     break;
                 };
-                st.link.queued -= this.rules.queued_size(item.0.bind(py).as_bytes());
+                shared.link_mut(py)?.queued -= this.rules.queued_size(item.0.bind(py).as_bytes());
                 item
             };
             let (data, addr) = (item.0.bind(py), item.1.bind(py));
@@ -483,25 +442,25 @@ impl DatagramTransport {
                 Sent::Done => {}
                 Sent::WouldBlock => {
                     let mut st = this.state.borrow_mut(py)?;
-                    st.link.queued += this.rules.queued_size(data.as_bytes());
+                    shared.link_mut(py)?.queued += this.rules.queued_size(data.as_bytes());
                     st.queue.push_front(item);
                     break;
                 }
                 Sent::Failed(e) => return Self::send_failed(slf, e),
             }
         }
-        common::maybe_resume_protocol(slf)?;
+        base::maybe_resume_protocol(slf.as_super())?;
         let (empty, closing) = {
             let st = this.state.borrow(py)?;
-            (st.queue.is_empty(), st.link.closing)
+            (st.queue.is_empty(), shared.link(py)?.closing)
         };
         if empty {
-            common::watch(slf, Direction::Write, false)?;
+            base::watch(slf.as_super(), Direction::Write, false)?;
             if closing {
                 // Counted as lost (asyncio does not count it, and a later abort() or
                 // sendto() then fails on the transport's None loop or socket).
-                this.state.borrow_mut(py)?.link.conn_lost += 1;
-                common::owner(this, py)?
+                base::mark_lost(shared, py)?;
+                base::owner(shared, py)?
                     .bind(py)
                     .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
             }
@@ -539,10 +498,11 @@ impl DatagramTransport {
         let mut addr = addr.unwrap_or_else(|| py.None().into_bound(py));
         let (address, conn_lost, released, queue_empty) = {
             let st = this.state.borrow(py)?;
+            let link = slf.as_super().get().link(py)?;
             (
                 st.address.as_ref().map(|a| a.clone_ref(py)),
-                st.link.conn_lost,
-                st.link.event_loop.is_none(),
+                link.conn_lost,
+                link.event_loop.is_none(),
                 st.queue.is_empty(),
             )
         };
@@ -556,17 +516,17 @@ impl DatagramTransport {
             }
             addr = address;
             if conn_lost > 0 {
-                return common::count_lost_write(slf, "socket.send() raised exception.");
+                return base::count_lost_write(slf.as_super(), "socket.send() raised exception.");
             }
         } else if released {
             // The socket is closed (asyncio would fail on its `None` socket): drop the
             // datagram with asyncio's warning rather than touch a stale fd.
-            return common::count_lost_write(slf, "socket.send() raised exception.");
+            return base::count_lost_write(slf.as_super(), "socket.send() raised exception.");
         }
         if queue_empty {
             match this.send_one(py, data, &addr)? {
                 Sent::Done => return Ok(()),
-                Sent::WouldBlock => common::watch(slf, Direction::Write, true)?,
+                Sent::WouldBlock => base::watch(slf.as_super(), Direction::Write, true)?,
                 Sent::Failed(e) => return Self::send_failed(slf, e),
             }
         }
@@ -579,111 +539,26 @@ impl DatagramTransport {
                 .cast_into::<PyBytes>()?
         };
         {
+            slf.as_super().get().link_mut(py)?.queued += this.rules.queued_size(copy.as_bytes());
             let mut st = this.state.borrow_mut(py)?;
-            st.link.queued += this.rules.queued_size(copy.as_bytes());
             st.queue.push_back((copy.unbind(), addr.unbind()));
         }
-        common::maybe_pause_protocol(slf)
-    }
-
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let empty = {
-            let mut st = slf.get().state.borrow_mut(py)?;
-            if st.link.closing {
-                return Ok(());
-            }
-            st.link.closing = true;
-            let empty = st.queue.is_empty();
-            if empty {
-                st.link.conn_lost += 1;
-            }
-            empty
-        };
-        common::watch(slf, Direction::Read, false)?;
-        if empty {
-            common::watch(slf, Direction::Write, false)?;
-            common::schedule_connection_lost(slf, py.None().into_bound(py))?;
-        }
-        Ok(())
-    }
-
-    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::force_close(slf, slf.py().None().into_bound(slf.py()))
-    }
-
-    fn _force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        Self::force_close(slf, exc)
-    }
-
-    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.link(py)?.closing)
-    }
-
-    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.link(py)?.is_reading())
-    }
-
-    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        common::pause_reading(slf)
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        common::resume_reading(slf)
-    }
-
-    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(self.state.borrow(py)?.link.queued)
-    }
-
-    #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(
-        slf: &Bound<'_, Self>,
-        high: Option<i64>,
-        low: Option<i64>,
-    ) -> PyResult<()> {
-        common::set_write_buffer_limits(slf, high, low)
-    }
-
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
-        let st = self.state.borrow(py)?;
-        Ok((st.link.low_water, st.link.high_water))
+        base::maybe_pause_protocol(slf.as_super())
     }
 
     /// Drops every reference once `connection_lost` has run (breaks the owner cycle); the
     /// owner closes the socket.
-    fn _release(&self, py: Python<'_>) -> PyResult<()> {
+    fn _release(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let dropped = {
-            let mut st = self.state.borrow_mut(py)?;
-            st.link.queued = 0;
+            let mut st = slf.get().state.borrow_mut(py)?;
             (
-                st.link.take_refs(),
                 st.sock.take(),
                 mem::take(&mut st.queue),
                 st.last_peer.take(),
             )
         };
         drop(dropped);
-        Ok(())
-    }
-
-    #[getter]
-    fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.link.closing)
-    }
-
-    #[getter]
-    fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
-        Ok(self.state.borrow(py)?.link.conn_lost)
-    }
-
-    #[getter]
-    fn _paused(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.link.paused)
-    }
-
-    #[getter]
-    fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.link.protocol_paused)
+        base::release(slf.as_super().get(), py)
     }
 }

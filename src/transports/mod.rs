@@ -1,5 +1,5 @@
-//! Native transports. `stream`: TCP and Unix sockets and pipes; `datagram`: UDP and Unix
-//! datagram sockets.
-pub(crate) mod common;
+//! Native transports. `base`: `NativeTransport`, what every transport shares; `stream`: TCP
+//! and Unix sockets and pipes; `datagram`: UDP and Unix datagram sockets.
+pub mod base;
 pub mod datagram;
 pub mod stream;

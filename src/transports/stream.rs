@@ -17,7 +17,6 @@
 //! watcher may run once after it was removed in the same iteration: `_read_ready` and
 //! `_write_ready` check that they are still registered before touching the fd.
 
-use std::cell::{Ref, RefMut};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
@@ -27,9 +26,10 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::PyClassInitializer;
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::common::{self, Link, TransportCore};
+use super::base::{self, Link, NativeTransport};
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
 use crate::event_loop::LoopCore;
@@ -94,8 +94,6 @@ impl Kind {
 }
 
 struct State {
-    /// Loop, owner, protocol, watchers, closing and flow-control state.
-    link: Link,
     /// Whether the protocol is an `asyncio.BufferedProtocol` (decided in `set_protocol`, as
     /// asyncio does). Its methods are looked up on each call, as asyncio looks them up: a
     /// protocol without `data_received` still connects, and fails when data arrives.
@@ -121,7 +119,7 @@ struct State {
     pipe_grown: bool,
 }
 
-#[pyclass(frozen, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, extends = NativeTransport, module = "ferroloop._ferroloop")]
 pub struct StreamTransport {
     fd: RawFd,
     kind: Kind,
@@ -136,7 +134,7 @@ impl StreamTransport {
 
     /// Sends as much of the queue as the kernel takes (one `writev`/`sendmsg` per
     /// `MAX_IOVECS` chunks). `Ok` with data left means the kernel is full.
-    fn flush(&self, py: Python<'_>, st: &mut State) -> io::Result<()> {
+    fn flush(&self, py: Python<'_>, st: &mut State, link: &mut Link) -> io::Result<()> {
         let empty = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -173,7 +171,7 @@ impl StreamTransport {
             let Some(sent) = sent else {
                 return Ok(());
             };
-            consume(py, st, sent);
+            consume(py, st, link, sent);
             if sent < offered {
                 return Ok(());
             }
@@ -212,8 +210,9 @@ impl StreamTransport {
             Err(e) => return Err(e),
         };
         let mut st = this.state.borrow_mut(py)?;
-        let n = sent.min(st.link.queued);
-        consume(py, &mut st, n);
+        let mut link = slf.as_super().get().link_mut(py)?;
+        let n = sent.min(link.queued);
+        consume(py, &mut st, &mut link, n);
         Ok(())
     }
 
@@ -270,7 +269,11 @@ impl StreamTransport {
             }) {
             Ok(b) => b,
             Err(e) => {
-                return common::fatal(slf, e, "Fatal error: protocol.get_buffer() call failed.")
+                return base::fatal(
+                    slf.as_super(),
+                    e,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                )
             }
         };
         let got = if let Some(sock) = py_io {
@@ -281,24 +284,30 @@ impl StreamTransport {
             {
                 Ok(n) => n,
                 Err(e) if would_block_err(py, &e) => return Ok(()),
-                Err(e) => return common::fatal(slf, e, this.kind.read_error_message()),
+                Err(e) => return base::fatal(slf.as_super(), e, this.kind.read_error_message()),
             }
         } else {
             match recv_into(this.fd, this.kind, &buf) {
                 Ok(n) => n,
                 Err(Err(ioe)) if would_block(&ioe) => return Ok(()),
                 Err(Err(ioe)) => {
-                    return common::fatal(slf, os_error(ioe), this.kind.read_error_message())
+                    return base::fatal(
+                        slf.as_super(),
+                        os_error(ioe),
+                        this.kind.read_error_message(),
+                    )
                 }
-                Err(Ok(pyerr)) => return common::fatal(slf, pyerr, this.kind.read_error_message()),
+                Err(Ok(pyerr)) => {
+                    return base::fatal(slf.as_super(), pyerr, this.kind.read_error_message())
+                }
             }
         };
         if got == 0 {
             return Self::on_eof(slf);
         }
         if let Err(e) = protocol.call_method1(intern!(py, "buffer_updated"), (got,)) {
-            return common::fatal(
-                slf,
+            return base::fatal(
+                slf.as_super(),
                 e,
                 "Fatal error: protocol.buffer_updated() call failed.",
             );
@@ -311,31 +320,25 @@ impl StreamTransport {
         let this = slf.get();
         if this.kind == Kind::ReadPipe {
             // _UnixReadPipeTransport: EOF closes the transport; eof_received is a callback.
-            common::debug_log(slf, "was closed by peer")?;
+            base::debug_log(slf.as_super(), "was closed by peer")?;
             let (lp, protocol) = {
-                let mut st = this.state.borrow_mut(py)?;
-                st.link.closing = true;
+                let mut link = slf.as_super().get().link_mut(py)?;
+                link.closing = true;
                 (
-                    st.link.event_loop.as_ref().map(|l| l.clone_ref(py)),
-                    st.link.protocol.as_ref().map(|p| p.clone_ref(py)),
+                    link.event_loop.as_ref().map(|l| l.clone_ref(py)),
+                    link.protocol.as_ref().map(|p| p.clone_ref(py)),
                 )
             };
-            common::watch(slf, Direction::Read, false)?;
+            base::watch(slf.as_super(), Direction::Read, false)?;
             if let (Some(lp), Some(protocol)) = (lp, protocol) {
                 let cb = protocol.bind(py).getattr(intern!(py, "eof_received"))?;
                 lp.bind(py).call_method1(intern!(py, "call_soon"), (cb,))?;
             }
-            return common::schedule_connection_lost(slf, py.None().into_bound(py));
+            return base::schedule_connection_lost(slf.as_super(), py.None().into_bound(py));
         }
-        common::debug_log(slf, "received EOF")?;
-        let protocol = this
-            .state
-            .borrow(py)?
-            .link
-            .protocol
-            .as_ref()
-            .map(|p| p.clone_ref(py));
-        let Some(protocol) = protocol else {
+        base::debug_log(slf.as_super(), "received EOF")?;
+        let protocol = base::protocol(slf.as_super().get(), py)?;
+        if protocol.is_none(py) {
             return Ok(());
         };
         let keep_open = match protocol
@@ -345,40 +348,32 @@ impl StreamTransport {
         {
             Ok(k) => k,
             Err(e) => {
-                return common::fatal(slf, e, "Fatal error: protocol.eof_received() call failed.")
+                return base::fatal(
+                    slf.as_super(),
+                    e,
+                    "Fatal error: protocol.eof_received() call failed.",
+                )
             }
         };
         if keep_open {
             // The protocol may still write, but nothing more will be received.
-            common::watch(slf, Direction::Read, false)
+            base::watch(slf.as_super(), Direction::Read, false)
         } else {
             Self::close(slf)
         }
     }
 
-    /// asyncio's `_force_close`: drop unsent data, stop watching, schedule connection_lost.
-    fn force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (dropped, stop_reading) = {
+    /// `NativeTransport`'s hook for `_force_close`: drops the unsent data.
+    fn drop_queue(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
+        let py = base.py();
+        let this = base.cast::<Self>()?.get();
+        let dropped = {
             let mut st = this.state.borrow_mut(py)?;
-            if st.link.conn_lost > 0 {
-                return Ok(());
-            }
-            let dropped = std::mem::take(&mut st.queue);
             st.head = 0;
-            st.link.queued = 0;
-            let stop_reading = !st.link.closing;
-            st.link.closing = true;
-            st.link.conn_lost += 1;
-            (dropped, stop_reading)
+            std::mem::take(&mut st.queue)
         };
         drop(dropped);
-        common::watch(slf, Direction::Write, false)?;
-        if stop_reading || this.kind == Kind::WritePipe {
-            common::watch(slf, Direction::Read, false)?;
-        }
-        common::schedule_connection_lost(slf, exc)
+        Ok(())
     }
 }
 
@@ -461,8 +456,8 @@ fn read_fresh_bytes(
 }
 
 /// Drops `n` sent bytes from the front of the queue.
-fn consume(py: Python<'_>, st: &mut State, mut n: usize) {
-    st.link.queued -= n;
+fn consume(py: Python<'_>, st: &mut State, link: &mut Link, mut n: usize) {
+    link.queued -= n;
     while n > 0 {
         let Some(front) = st.queue.front() else { break };
         let left = front.as_bytes(py).len() - st.head;
@@ -542,11 +537,14 @@ impl StreamTransport {
             if bytes.is_empty() {
                 return Ok(());
             }
-            let lost = st.link.conn_lost > 0 || (this.kind == Kind::WritePipe && st.link.closing);
             drop(st);
+            let lost = {
+                let link = slf.as_super().get().link(py)?;
+                link.conn_lost > 0 || (this.kind == Kind::WritePipe && link.closing)
+            };
             if lost {
-                return common::count_lost_write(
-                    slf,
+                return base::count_lost_write(
+                    slf.as_super(),
                     match this.kind {
                         Kind::Socket => "socket.send() raised exception.",
                         _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
@@ -583,22 +581,23 @@ impl StreamTransport {
             match sent {
                 Ok(n) if n == bytes.len() => return Ok(()),
                 Ok(n) => offset = n,
-                Err(e) => return common::fatal(slf, e, this.kind.write_error_message()),
+                Err(e) => return base::fatal(slf.as_super(), e, this.kind.write_error_message()),
             }
-            common::watch(slf, Direction::Write, true)?;
+            base::watch(slf.as_super(), Direction::Write, true)?;
         }
         {
             let mut st = this.state.borrow_mut(py)?;
+            let mut link = slf.as_super().get().link_mut(py)?;
             if st.queue.is_empty() {
                 st.head = offset;
             }
-            st.link.queued += bytes.len() - offset;
+            link.queued += bytes.len() - offset;
             st.queue.push_back(data.unbind());
-            if this.kind == Kind::WritePipe && st.link.queued >= BULK_PIPE_QUEUE {
+            if this.kind == Kind::WritePipe && link.queued >= BULK_PIPE_QUEUE {
                 this.grow_pipe(&mut st);
             }
         }
-        common::maybe_pause_protocol(slf)
+        base::maybe_pause_protocol(slf.as_super())
     }
 
     /// Sends what the queue holds (from the write watcher) and settles the transport as asyncio's `_write_ready` does: watch
@@ -607,9 +606,10 @@ impl StreamTransport {
     fn send_queue(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let shared = slf.as_super().get();
         let py_io = {
             let st = this.state.borrow(py)?;
-            if st.link.conn_lost > 0 || st.queue.is_empty() {
+            if shared.link(py)?.conn_lost > 0 || st.queue.is_empty() {
                 return Ok(());
             }
             st.py_io.as_ref().map(|s| s.clone_ref(py))
@@ -617,43 +617,47 @@ impl StreamTransport {
         let result = match py_io {
             Some(sock) => Self::flush_through(slf, sock.bind(py)),
             None => this
-                .flush(py, &mut *this.state.borrow_mut(py)?)
+                .flush(
+                    py,
+                    &mut *this.state.borrow_mut(py)?,
+                    &mut *shared.link_mut(py)?,
+                )
                 .map_err(os_error),
         };
         if let Err(err) = result {
             let (dropped, waiter) = {
                 let mut st = this.state.borrow_mut(py)?;
                 st.head = 0;
-                st.link.queued = 0;
+                shared.link_mut(py)?.queued = 0;
                 (
                     std::mem::take(&mut st.queue),
                     st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
                 )
             };
             drop(dropped);
-            common::watch(slf, Direction::Write, false)?;
+            base::watch(slf.as_super(), Direction::Write, false)?;
             let value = err.value(py).clone();
-            common::fatal(slf, err, this.kind.write_error_message())?;
+            base::fatal(slf.as_super(), err, this.kind.write_error_message())?;
             if let Some(w) = waiter {
                 w.bind(py)
                     .call_method1(intern!(py, "set_exception"), (value,))?;
             }
             return Ok(());
         }
-        common::maybe_resume_protocol(slf)?;
+        base::maybe_resume_protocol(slf.as_super())?;
         let (empty, waiter, closing, eof) = {
             let st = this.state.borrow(py)?;
             (
                 st.queue.is_empty(),
                 st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
-                st.link.closing,
+                shared.link(py)?.closing,
                 st.eof,
             )
         };
         if !empty {
-            return common::watch(slf, Direction::Write, true);
+            return base::watch(slf.as_super(), Direction::Write, true);
         }
-        common::watch(slf, Direction::Write, false)?;
+        base::watch(slf.as_super(), Direction::Write, false)?;
         if let Some(w) = waiter {
             let w = w.bind(py);
             if !w.call_method0(intern!(py, "done"))?.is_truthy()? {
@@ -662,10 +666,10 @@ impl StreamTransport {
         }
         if closing {
             if this.kind == Kind::WritePipe {
-                common::watch(slf, Direction::Read, false)?;
+                base::watch(slf.as_super(), Direction::Read, false)?;
             }
-            common::mark_lost(this, py)?;
-            let owner = common::owner(this, py)?;
+            base::mark_lost(shared, py)?;
+            let owner = base::owner(shared, py)?;
             owner
                 .bind(py)
                 .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
@@ -673,22 +677,6 @@ impl StreamTransport {
             sys::shutdown_write(this.fd).map_err(os_error)?;
         }
         Ok(())
-    }
-}
-
-impl TransportCore for StreamTransport {
-    const WRITE_READY: &'static str = "_write_ready";
-
-    fn fd(&self) -> RawFd {
-        self.fd
-    }
-
-    fn link<'a>(&'a self, py: Python<'a>) -> PyResult<Ref<'a, Link>> {
-        Ok(Ref::map(self.state.borrow(py)?, |st| &st.link))
-    }
-
-    fn link_mut<'a>(&'a self, py: Python<'a>) -> PyResult<RefMut<'a, Link>> {
-        Ok(RefMut::map(self.state.borrow_mut(py)?, |st| &mut st.link))
     }
 }
 
@@ -700,32 +688,39 @@ impl StreamTransport {
         owner: Py<PyAny>,
         fd: RawFd,
         kind: &str,
-    ) -> PyResult<Self> {
-        Ok(StreamTransport {
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let shared = NativeTransport::new(
+            event_loop.unbind(),
+            owner,
             fd,
-            kind: Kind::parse(kind)?,
-            state: GilCell::new(State {
-                link: Link::new(event_loop.unbind(), owner),
-                buffered: false,
-                py_io: None,
-                py_sendmsg: false,
-                protocol_connected: false,
-                queue: VecDeque::new(),
-                head: 0,
-                eof: false,
-                empty_waiter: None,
-                bulk: false,
-                full_pipe_reads: 0,
-                pipe_grown: false,
+            "_write_ready",
+            Self::drop_queue,
+        );
+        Ok(
+            PyClassInitializer::from(shared).add_subclass(StreamTransport {
+                fd,
+                kind: Kind::parse(kind)?,
+                state: GilCell::new(State {
+                    buffered: false,
+                    py_io: None,
+                    py_sendmsg: false,
+                    protocol_connected: false,
+                    queue: VecDeque::new(),
+                    head: 0,
+                    eof: false,
+                    empty_waiter: None,
+                    bulk: false,
+                    full_pipe_reads: 0,
+                    pipe_grown: false,
+                }),
             }),
-        })
+        )
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         let Some(st) = self.state.borrow_for_traverse() else {
             return Ok(());
         };
-        st.link.traverse(&visit)?;
         visit.call(&st.py_io)?;
         visit.call(&st.empty_waiter)?;
         Ok(())
@@ -734,7 +729,7 @@ impl StreamTransport {
     fn __clear__(&self) {
         Python::attach(|py| {
             let dropped = match self.state.borrow_mut(py) {
-                Ok(mut st) => (st.link.take_refs(), st.py_io.take(), st.empty_waiter.take()),
+                Ok(mut st) => (st.py_io.take(), st.empty_waiter.take()),
                 Err(_) => return,
             };
             drop(dropped);
@@ -742,13 +737,20 @@ impl StreamTransport {
     }
 
     /// Sets the protocol; `buffered` says whether it is an `asyncio.BufferedProtocol`.
-    fn set_protocol(&self, protocol: Bound<'_, PyAny>, buffered: bool) -> PyResult<()> {
+    fn set_protocol(
+        slf: &Bound<'_, Self>,
+        protocol: Bound<'_, PyAny>,
+        buffered: bool,
+    ) -> PyResult<()> {
         let py = protocol.py();
-        let dropped = {
-            let mut st = self.state.borrow_mut(py)?;
+        {
+            let mut st = slf.get().state.borrow_mut(py)?;
             st.protocol_connected = true;
             st.buffered = buffered;
-            st.link.protocol.replace(protocol.unbind())
+        }
+        let dropped = {
+            let mut link = slf.as_super().get().link_mut(py)?;
+            link.protocol.replace(protocol.unbind())
         };
         drop(dropped);
         Ok(())
@@ -765,26 +767,16 @@ impl StreamTransport {
         Ok(())
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        common::protocol(self, py)
-    }
-
-    /// Starts watching the fd for reading unless paused or closing (asyncio's deferred
-    /// `_add_reader` after `connection_made`). The write-pipe transport watches for the
-    /// other end closing.
-    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        common::start_reading(slf)
-    }
-
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let (lp, protocol, buffered, py_io, bulk) = {
             let st = this.state.borrow(py)?;
-            if st.link.conn_lost > 0 || !st.link.reader_registered {
+            let link = slf.as_super().get().link(py)?;
+            if link.conn_lost > 0 || !link.reader_registered {
                 return Ok(());
             }
-            let (Some(lp), Some(protocol)) = (&st.link.event_loop, &st.link.protocol) else {
+            let (Some(lp), Some(protocol)) = (&link.event_loop, &link.protocol) else {
                 return Ok(());
             };
             (
@@ -797,15 +789,15 @@ impl StreamTransport {
         };
         if this.kind == Kind::WritePipe {
             // The reader of a write pipe only fires when the other end went away.
-            common::debug_log(slf, "was closed by peer")?;
-            let had_data = this.state.borrow(py)?.link.queued > 0;
+            base::debug_log(slf.as_super(), "was closed by peer")?;
+            let had_data = slf.as_super().get().link(py)?.queued > 0;
             let exc = if had_data {
                 py.get_type::<pyo3::exceptions::PyBrokenPipeError>()
                     .call0()?
             } else {
                 py.None().into_bound(py)
             };
-            return Self::force_close(slf, exc);
+            return base::force_close(slf.as_super(), exc);
         }
         if buffered {
             return Self::read_buffered(slf, protocol.bind(py), py_io);
@@ -815,7 +807,7 @@ impl StreamTransport {
             match sock.bind(py).call_method1(intern!(py, "recv"), (MAX_READ,)) {
                 Ok(data) => data,
                 Err(e) if would_block_err(py, &e) => return Ok(()),
-                Err(e) => return common::fatal(slf, e, this.kind.read_error_message()),
+                Err(e) => return base::fatal(slf.as_super(), e, this.kind.read_error_message()),
             }
         } else {
             let read = if bulk {
@@ -831,7 +823,9 @@ impl StreamTransport {
                     data.into_any()
                 }
                 Err(e) if would_block(&e) => return Ok(()),
-                Err(e) => return common::fatal(slf, os_error(e), this.kind.read_error_message()),
+                Err(e) => {
+                    return base::fatal(slf.as_super(), os_error(e), this.kind.read_error_message())
+                }
             }
         };
         if !data.is_truthy()? {
@@ -845,17 +839,18 @@ impl StreamTransport {
                 // asyncio's pipe transport lets the loop report it and reads on.
                 return Err(e);
             }
-            return common::fatal(slf, e, "Fatal error: protocol.data_received() call failed.");
+            return base::fatal(
+                slf.as_super(),
+                e,
+                "Fatal error: protocol.data_received() call failed.",
+            );
         }
         Ok(())
     }
 
     fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
-        {
-            let st = slf.get().state.borrow(slf.py())?;
-            if !st.link.writer_registered {
-                return Ok(());
-            }
+        if !slf.as_super().get().link(slf.py())?.writer_registered {
+            return Ok(());
         }
         Self::send_queue(slf)
     }
@@ -881,22 +876,22 @@ impl StreamTransport {
         if this.kind == Kind::WritePipe {
             // A pipe has no half-close: write_eof closes once the buffer is sent.
             let empty = {
-                let mut st = this.state.borrow_mut(py)?;
-                if st.link.closing {
+                let mut link = slf.as_super().get().link_mut(py)?;
+                if link.closing {
                     return Ok(());
                 }
-                st.link.closing = true;
-                st.queue.is_empty()
+                link.closing = true;
+                link.queued == 0
             };
             if empty {
-                common::watch(slf, Direction::Read, false)?;
-                common::schedule_connection_lost(slf, py.None().into_bound(py))?;
+                base::watch(slf.as_super(), Direction::Read, false)?;
+                base::schedule_connection_lost(slf.as_super(), py.None().into_bound(py))?;
             }
             return Ok(());
         }
         let empty = {
             let mut st = this.state.borrow_mut(py)?;
-            if st.link.closing || st.eof {
+            if slf.as_super().get().link(py)?.closing || st.eof {
                 return Ok(());
             }
             st.eof = true;
@@ -908,83 +903,25 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// `close()`; a write pipe has no half-close, so closing it is `write_eof()`.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        if this.kind == Kind::WritePipe {
+        if slf.get().kind == Kind::WritePipe {
             return Self::write_eof(slf);
         }
-        let empty = {
-            let mut st = this.state.borrow_mut(py)?;
-            if st.link.closing {
-                return Ok(());
-            }
-            st.link.closing = true;
-            let empty = st.queue.is_empty();
-            if empty {
-                st.link.conn_lost += 1;
-            }
-            empty
-        };
-        common::watch(slf, Direction::Read, false)?;
-        if empty {
-            common::watch(slf, Direction::Write, false)?;
-            common::schedule_connection_lost(slf, py.None().into_bound(py))?;
-        }
-        Ok(())
-    }
-
-    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::force_close(slf, slf.py().None().into_bound(slf.py()))
-    }
-
-    fn _force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        Self::force_close(slf, exc)
-    }
-
-    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.link(py)?.closing)
-    }
-
-    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.link(py)?.is_reading())
-    }
-
-    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        common::pause_reading(slf)
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        common::resume_reading(slf)
-    }
-
-    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(self.state.borrow(py)?.link.queued)
-    }
-
-    #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(
-        slf: &Bound<'_, Self>,
-        high: Option<i64>,
-        low: Option<i64>,
-    ) -> PyResult<()> {
-        common::set_write_buffer_limits(slf, high, low)
-    }
-
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
-        let st = self.state.borrow(py)?;
-        Ok((st.link.low_water, st.link.high_water))
+        base::close(slf.as_super())
     }
 
     /// asyncio's `_make_empty_waiter` (for `loop.sendfile`).
-    fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let lp = common::event_loop(self, py)?;
-        if self.state.borrow(py)?.empty_waiter.is_some() {
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let lp = base::event_loop(slf.as_super().get(), py)?;
+        if this.state.borrow(py)?.empty_waiter.is_some() {
             return Err(PyRuntimeError::new_err("Empty waiter is already set"));
         }
         let waiter = lp.bind(py).call_method0(intern!(py, "create_future"))?;
         let empty = {
-            let mut st = self.state.borrow_mut(py)?;
+            let mut st = this.state.borrow_mut(py)?;
             st.empty_waiter = Some(waiter.clone().unbind());
             st.queue.is_empty()
         };
@@ -1006,42 +943,19 @@ impl StreamTransport {
     }
 
     /// Drops every reference once `connection_lost` has run (breaks the owner cycle).
-    fn _release(&self, py: Python<'_>) -> PyResult<()> {
+    fn _release(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let dropped = {
-            let mut st = self.state.borrow_mut(py)?;
-            (
-                st.link.take_refs(),
-                st.py_io.take(),
-                std::mem::take(&mut st.queue),
-            )
+            let mut st = slf.get().state.borrow_mut(py)?;
+            (st.py_io.take(), std::mem::take(&mut st.queue))
         };
         drop(dropped);
-        Ok(())
+        base::release(slf.as_super().get(), py)
     }
 
     #[getter]
     fn _protocol_connected(&self, py: Python<'_>) -> PyResult<bool> {
         Ok(self.state.borrow(py)?.protocol_connected)
-    }
-
-    #[getter]
-    fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.link.protocol_paused)
-    }
-
-    #[getter]
-    fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
-        Ok(self.state.borrow(py)?.link.conn_lost)
-    }
-
-    #[getter]
-    fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.link.closing)
-    }
-
-    #[getter]
-    fn _paused(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.state.borrow(py)?.link.paused)
     }
 
     #[getter]

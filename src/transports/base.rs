@@ -1,10 +1,10 @@
-//! What every native transport core shares: the link to its loop, its Python owner and its
-//! protocol; the watcher handles it registers with the loop; closing, pausing and
-//! flow-control state; and the error paths that go back to the owner (asyncio's
-//! `_fatal_error`, `_call_connection_lost`).
-//!
-//! Each core keeps a `Link` inside its own state and implements `TransportCore`; the
-//! functions here work on any such core.
+//! `NativeTransport`, the base class every native transport core extends (as asyncio's
+//! `_SelectorTransport` and uvloop's `UVBaseTransport`): the link to its loop, its Python
+//! owner and its protocol; the watcher handles it registers with the loop; closing,
+//! aborting, pausing and flow-control state; and the error paths that go back to the owner
+//! (asyncio's `_fatal_error`, `_call_connection_lost`). `StreamTransport` and
+//! `DatagramTransport` extend it and add only their data paths; the methods asyncio's
+//! transports share are defined here once.
 
 use std::cell::{Ref, RefMut};
 use std::os::fd::RawFd;
@@ -13,11 +13,12 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
-use pyo3::{PyClass, PyTraverseError, PyVisit};
+use pyo3::{PyTraverseError, PyVisit};
 
 pub(crate) use crate::errors::is_exit_exception;
 use crate::event_loop::fds::Direction;
 use crate::event_loop::LoopCore;
+use crate::gil_cell::GilCell;
 use crate::handles::{new_tracked, Handle};
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
@@ -121,19 +122,50 @@ impl Link {
     }
 }
 
-/// A native transport core: a frozen pyclass with a `Link` in its state.
-pub(crate) trait TransportCore:
-    PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync
-{
-    /// The method the write watcher calls.
-    const WRITE_READY: &'static str;
-
-    fn fd(&self) -> RawFd;
-    fn link<'a>(&'a self, py: Python<'a>) -> PyResult<Ref<'a, Link>>;
-    fn link_mut<'a>(&'a self, py: Python<'a>) -> PyResult<RefMut<'a, Link>>;
+/// The base of every native transport core (see the module documentation).
+#[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
+pub struct NativeTransport {
+    fd: RawFd,
+    /// The name of the subclass's write watcher method (`_write_ready`, `_sendto_ready`).
+    write_ready: &'static str,
+    /// Drops the data the subclass has queued (`_force_close`); the `Link` counts its bytes.
+    drop_queue: DropQueue,
+    link: GilCell<Link>,
 }
 
-pub(crate) fn owner<C: TransportCore>(this: &C, py: Python<'_>) -> PyResult<Py<PyAny>> {
+/// A subclass's hook that drops its queued data.
+pub(crate) type DropQueue = fn(&Bound<'_, NativeTransport>) -> PyResult<()>;
+
+impl NativeTransport {
+    pub(crate) fn new(
+        event_loop: Py<LoopCore>,
+        owner: Py<PyAny>,
+        fd: RawFd,
+        write_ready: &'static str,
+        drop_queue: DropQueue,
+    ) -> Self {
+        NativeTransport {
+            fd,
+            write_ready,
+            drop_queue,
+            link: GilCell::new(Link::new(event_loop, owner)),
+        }
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub(crate) fn link<'a>(&'a self, py: Python<'a>) -> PyResult<Ref<'a, Link>> {
+        self.link.borrow(py)
+    }
+
+    pub(crate) fn link_mut<'a>(&'a self, py: Python<'a>) -> PyResult<RefMut<'a, Link>> {
+        self.link.borrow_mut(py)
+    }
+}
+
+pub(crate) fn owner(this: &NativeTransport, py: Python<'_>) -> PyResult<Py<PyAny>> {
     let link = this.link(py)?;
     Ok(link
         .owner
@@ -141,7 +173,7 @@ pub(crate) fn owner<C: TransportCore>(this: &C, py: Python<'_>) -> PyResult<Py<P
         .map_or_else(|| py.None(), |o| o.clone_ref(py)))
 }
 
-pub(crate) fn event_loop<C: TransportCore>(this: &C, py: Python<'_>) -> PyResult<Py<LoopCore>> {
+pub(crate) fn event_loop(this: &NativeTransport, py: Python<'_>) -> PyResult<Py<LoopCore>> {
     let link = this.link(py)?;
     link.event_loop
         .as_ref()
@@ -149,7 +181,7 @@ pub(crate) fn event_loop<C: TransportCore>(this: &C, py: Python<'_>) -> PyResult
         .ok_or_else(|| PyRuntimeError::new_err("transport is closed"))
 }
 
-pub(crate) fn protocol<C: TransportCore>(this: &C, py: Python<'_>) -> PyResult<Py<PyAny>> {
+pub(crate) fn protocol(this: &NativeTransport, py: Python<'_>) -> PyResult<Py<PyAny>> {
     let link = this.link(py)?;
     Ok(link
         .protocol
@@ -158,11 +190,7 @@ pub(crate) fn protocol<C: TransportCore>(this: &C, py: Python<'_>) -> PyResult<P
 }
 
 /// Starts or stops watching one direction of the fd, reusing the core's handle.
-pub(crate) fn watch<C: TransportCore>(
-    slf: &Bound<'_, C>,
-    dir: Direction,
-    on: bool,
-) -> PyResult<()> {
+pub(crate) fn watch(slf: &Bound<'_, NativeTransport>, dir: Direction, on: bool) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
     let (lp, current, registered) = {
@@ -189,7 +217,7 @@ pub(crate) fn watch<C: TransportCore>(
             _ => {
                 let cb = match dir {
                     Direction::Read => slf.as_any().getattr(intern!(py, "_read_ready"))?,
-                    Direction::Write => slf.as_any().getattr(C::WRITE_READY)?,
+                    Direction::Write => slf.as_any().getattr(this.write_ready)?,
                 };
                 Some(new_tracked(
                     py,
@@ -226,7 +254,7 @@ pub(crate) fn watch<C: TransportCore>(
 }
 
 /// `owner._debug_log(message)` when the loop is in debug mode.
-pub(crate) fn debug_log<C: TransportCore>(slf: &Bound<'_, C>, message: &str) -> PyResult<()> {
+pub(crate) fn debug_log(slf: &Bound<'_, NativeTransport>, message: &str) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
     let debug = match this.link(py)?.event_loop.as_ref() {
@@ -242,11 +270,7 @@ pub(crate) fn debug_log<C: TransportCore>(slf: &Bound<'_, C>, message: &str) -> 
 }
 
 /// asyncio's `_fatal_error`, in the owner: KeyboardInterrupt and SystemExit propagate.
-pub(crate) fn fatal<C: TransportCore>(
-    slf: &Bound<'_, C>,
-    err: PyErr,
-    message: &str,
-) -> PyResult<()> {
+pub(crate) fn fatal(slf: &Bound<'_, NativeTransport>, err: PyErr, message: &str) -> PyResult<()> {
     let py = slf.py();
     if is_exit_exception(py, &err) {
         return Err(err);
@@ -265,8 +289,8 @@ pub(crate) fn fatal<C: TransportCore>(
 /// Schedules `owner._call_connection_lost(exc)` with `loop.call_soon`. From here on the
 /// connection counts as lost: a later write is dropped and counted (asyncio's
 /// `_conn_lost`), and `abort()` does not report the loss a second time.
-pub(crate) fn schedule_connection_lost<C: TransportCore>(
-    slf: &Bound<'_, C>,
+pub(crate) fn schedule_connection_lost(
+    slf: &Bound<'_, NativeTransport>,
     exc: Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = slf.py();
@@ -285,15 +309,15 @@ pub(crate) fn schedule_connection_lost<C: TransportCore>(
 /// `close()` with nothing queued and in `_force_close`; a close that first flushes queued
 /// data leaves its count at 0, so a later write reaches `self._sock.send` on a released
 /// transport and raises AttributeError (3.11-3.13). Counting every path drops such writes.
-pub(crate) fn mark_lost<C: TransportCore>(this: &C, py: Python<'_>) -> PyResult<()> {
+pub(crate) fn mark_lost(this: &NativeTransport, py: Python<'_>) -> PyResult<()> {
     let mut link = this.link_mut(py)?;
     link.conn_lost = link.conn_lost.max(1);
     Ok(())
 }
 
 /// Calls a protocol flow-control method; failures go to the exception handler.
-fn call_flow_control<C: TransportCore>(
-    slf: &Bound<'_, C>,
+fn call_flow_control(
+    slf: &Bound<'_, NativeTransport>,
     method: &Bound<'_, PyString>,
 ) -> PyResult<()> {
     let py = slf.py();
@@ -324,7 +348,7 @@ fn call_flow_control<C: TransportCore>(
 }
 
 /// asyncio's `_maybe_pause_protocol`.
-pub(crate) fn maybe_pause_protocol<C: TransportCore>(slf: &Bound<'_, C>) -> PyResult<()> {
+pub(crate) fn maybe_pause_protocol(slf: &Bound<'_, NativeTransport>) -> PyResult<()> {
     let py = slf.py();
     {
         let mut link = slf.get().link_mut(py)?;
@@ -337,7 +361,7 @@ pub(crate) fn maybe_pause_protocol<C: TransportCore>(slf: &Bound<'_, C>) -> PyRe
 }
 
 /// asyncio's `_maybe_resume_protocol`.
-pub(crate) fn maybe_resume_protocol<C: TransportCore>(slf: &Bound<'_, C>) -> PyResult<()> {
+pub(crate) fn maybe_resume_protocol(slf: &Bound<'_, NativeTransport>) -> PyResult<()> {
     let py = slf.py();
     {
         let mut link = slf.get().link_mut(py)?;
@@ -350,8 +374,8 @@ pub(crate) fn maybe_resume_protocol<C: TransportCore>(slf: &Bound<'_, C>) -> PyR
 }
 
 /// `set_write_buffer_limits`: new water marks, then pause the protocol if now above.
-pub(crate) fn set_write_buffer_limits<C: TransportCore>(
-    slf: &Bound<'_, C>,
+pub(crate) fn set_write_buffer_limits(
+    slf: &Bound<'_, NativeTransport>,
     high: Option<i64>,
     low: Option<i64>,
 ) -> PyResult<()> {
@@ -363,10 +387,7 @@ pub(crate) fn set_write_buffer_limits<C: TransportCore>(
 
 /// Counts a write made after the connection was lost, warning from the fifth on as asyncio
 /// does.
-pub(crate) fn count_lost_write<C: TransportCore>(
-    slf: &Bound<'_, C>,
-    message: &str,
-) -> PyResult<()> {
+pub(crate) fn count_lost_write(slf: &Bound<'_, NativeTransport>, message: &str) -> PyResult<()> {
     let py = slf.py();
     let n = {
         let mut link = slf.get().link_mut(py)?;
@@ -382,7 +403,7 @@ pub(crate) fn count_lost_write<C: TransportCore>(
 }
 
 /// asyncio's `pause_reading`.
-pub(crate) fn pause_reading<C: TransportCore>(slf: &Bound<'_, C>) -> PyResult<()> {
+pub(crate) fn pause_reading(slf: &Bound<'_, NativeTransport>) -> PyResult<()> {
     {
         let mut link = slf.get().link_mut(slf.py())?;
         if !link.is_reading() {
@@ -395,7 +416,7 @@ pub(crate) fn pause_reading<C: TransportCore>(slf: &Bound<'_, C>) -> PyResult<()
 }
 
 /// asyncio's `resume_reading`.
-pub(crate) fn resume_reading<C: TransportCore>(slf: &Bound<'_, C>) -> PyResult<()> {
+pub(crate) fn resume_reading(slf: &Bound<'_, NativeTransport>) -> PyResult<()> {
     {
         let mut link = slf.get().link_mut(slf.py())?;
         if link.closing || !link.paused {
@@ -409,10 +430,163 @@ pub(crate) fn resume_reading<C: TransportCore>(slf: &Bound<'_, C>) -> PyResult<(
 
 /// Starts watching for reads unless paused or closing (asyncio's deferred `_add_reader`
 /// after `connection_made`).
-pub(crate) fn start_reading<C: TransportCore>(slf: &Bound<'_, C>) -> PyResult<()> {
+pub(crate) fn start_reading(slf: &Bound<'_, NativeTransport>) -> PyResult<()> {
     let reading = slf.get().link(slf.py())?.is_reading();
     if reading {
         watch(slf, Direction::Read, true)?;
     }
     Ok(())
+}
+
+/// asyncio's `_force_close`: drop unsent data, stop watching, schedule connection_lost.
+pub(crate) fn force_close(slf: &Bound<'_, NativeTransport>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+    let py = slf.py();
+    {
+        let mut link = slf.get().link_mut(py)?;
+        if link.conn_lost > 0 {
+            return Ok(());
+        }
+        link.queued = 0;
+        link.closing = true;
+        link.conn_lost += 1;
+    }
+    (slf.get().drop_queue)(slf)?;
+    watch(slf, Direction::Write, false)?;
+    // Already stopped after close() (a no-op then); a write pipe's reader watches for the
+    // other end going away and stops here too.
+    watch(slf, Direction::Read, false)?;
+    schedule_connection_lost(slf, exc)
+}
+
+/// asyncio's `_SelectorTransport.close`: stop reading; with nothing queued, the connection
+/// is lost at once, else when the queue has been sent.
+pub(crate) fn close(slf: &Bound<'_, NativeTransport>) -> PyResult<()> {
+    let py = slf.py();
+    let empty = {
+        let mut link = slf.get().link_mut(py)?;
+        if link.closing {
+            return Ok(());
+        }
+        link.closing = true;
+        let empty = link.queued == 0;
+        if empty {
+            link.conn_lost += 1;
+        }
+        empty
+    };
+    watch(slf, Direction::Read, false)?;
+    if empty {
+        watch(slf, Direction::Write, false)?;
+        schedule_connection_lost(slf, py.None().into_bound(py))?;
+    }
+    Ok(())
+}
+
+/// Drops the link's references once `connection_lost` has run (breaks the owner cycle).
+pub(crate) fn release(this: &NativeTransport, py: Python<'_>) -> PyResult<()> {
+    let dropped = {
+        let mut link = this.link_mut(py)?;
+        link.queued = 0;
+        link.take_refs()
+    };
+    drop(dropped);
+    Ok(())
+}
+
+/// The methods asyncio's transports share, defined once for every native transport.
+#[pymethods]
+impl NativeTransport {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self.link.borrow_for_traverse() {
+            Some(link) => link.traverse(&visit),
+            None => Ok(()),
+        }
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let dropped = match self.link.borrow_mut(py) {
+                Ok(mut link) => link.take_refs(),
+                Err(_) => return,
+            };
+            drop(dropped);
+        });
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        protocol(self, py)
+    }
+
+    /// Starts watching the fd for reading unless paused or closing (asyncio's deferred
+    /// `_add_reader` after `connection_made`). The write-pipe transport watches for the
+    /// other end closing.
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        start_reading(slf)
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        close(slf)
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        force_close(slf, slf.py().None().into_bound(slf.py()))
+    }
+
+    fn _force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        force_close(slf, exc)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.link(py)?.closing)
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.link(py)?.is_reading())
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        pause_reading(slf)
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        resume_reading(slf)
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.link(py)?.queued)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        set_write_buffer_limits(slf, high, low)
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
+        let link = self.link(py)?;
+        Ok((link.low_water, link.high_water))
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.link(py)?.closing)
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
+        Ok(self.link(py)?.conn_lost)
+    }
+
+    #[getter]
+    fn _paused(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.link(py)?.paused)
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.link(py)?.protocol_paused)
+    }
 }
