@@ -148,19 +148,7 @@ class _NativeTransport:
         self._core._force_close(exc)
 
     def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._core.get_protocol(),
-                }
-            )
-        self._core._force_close(exc)
+        self._core._fatal_error(exc, message)
 
     def _debug_log(self, message: str) -> None:
         logger.debug("%r %s", self, message)

@@ -269,21 +269,52 @@ pub(crate) fn debug_log(slf: &Bound<'_, NativeTransport>, message: &str) -> PyRe
     Ok(())
 }
 
-/// asyncio's `_fatal_error`, in the owner: KeyboardInterrupt and SystemExit propagate.
+/// asyncio's `_SelectorTransport._fatal_error`: an OSError is logged in debug mode only
+/// (the peer went away, not a bug), anything else goes to the loop's exception handler;
+/// then the transport is force-closed. KeyboardInterrupt and SystemExit propagate.
 pub(crate) fn fatal(slf: &Bound<'_, NativeTransport>, err: PyErr, message: &str) -> PyResult<()> {
     let py = slf.py();
     if is_exit_exception(py, &err) {
         return Err(err);
     }
-    let owner = owner(slf.get(), py)?;
-    if owner.is_none(py) {
-        // Released: connection_lost has run, and nobody is left to tell.
-        return Ok(());
+    let this = slf.get();
+    let (lp, owner, protocol) = {
+        let link = this.link(py)?;
+        let (Some(lp), Some(owner)) = (&link.event_loop, &link.owner) else {
+            // Released: connection_lost has run, and nobody is left to tell.
+            return Ok(());
+        };
+        (
+            lp.clone_ref(py),
+            owner.clone_ref(py),
+            link.protocol
+                .as_ref()
+                .map_or_else(|| py.None(), |p| p.clone_ref(py)),
+        )
+    };
+    let exc = err.into_value(py).into_bound(py).into_any();
+    if exc.is_instance_of::<pyo3::exceptions::PyOSError>() {
+        if lp.bind(py).get().is_debug() {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("exc_info", &exc)?;
+            py.import(intern!(py, "asyncio.log"))?
+                .getattr(intern!(py, "logger"))?
+                .call_method(
+                    intern!(py, "debug"),
+                    ("%r: %s", &owner, message),
+                    Some(&kwargs),
+                )?;
+        }
+    } else {
+        let context = PyDict::new(py);
+        context.set_item("message", message)?;
+        context.set_item("exception", &exc)?;
+        context.set_item("transport", &owner)?;
+        context.set_item("protocol", protocol)?;
+        lp.bind(py)
+            .call_method1(intern!(py, "call_exception_handler"), (context,))?;
     }
-    owner
-        .bind(py)
-        .call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
-    Ok(())
+    force_close(slf, exc)
 }
 
 /// Schedules `owner._call_connection_lost(exc)` with `loop.call_soon`. From here on the
@@ -534,6 +565,12 @@ impl NativeTransport {
 
     fn _force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
         force_close(slf, exc)
+    }
+
+    /// asyncio's `_fatal_error(exc, message)` (sslproto and user code call it too).
+    #[pyo3(signature = (exc, message="Fatal error on transport"))]
+    fn _fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+        fatal(slf, PyErr::from_value(exc), message)
     }
 
     fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
