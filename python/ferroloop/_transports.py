@@ -1,18 +1,17 @@
 """The Python side of ferroloop's native stream transports.
 
 Each class here subclasses the asyncio transport interface it implements (so
-`isinstance(t, asyncio.Transport)` holds) and owns one native `StreamTransport` core, which
-does the per-read and per-write work (`src/transports/stream.rs`). A native class cannot
-also derive from `asyncio.BaseTransport` (its `__slots__` give it a layout of its own), hence
-the two objects. The core's hot methods (`write`, `is_closing`, `pause_reading`…) are bound
-into each transport's instance dict, so `transport.write(data)` calls native code directly,
-with no Python frame in between; the class-level definitions below are the same methods for
-code that looks them up on the class.
+`isinstance(t, asyncio.Transport)` holds) and owns one native core (`src/transports/`: a
+`NativeTransport` subclass), which does the per-read and per-write work and what asyncio's
+transports share: closing, aborting, flow control, `_fatal_error`. A native class cannot also
+derive from `asyncio.BaseTransport` (its `__slots__` give it a layout of its own), hence the
+two objects. The core's methods are bound into a transport's instance dict on first use
+(`_CoreMethod`), so `transport.write(data)` calls native code directly, with no Python frame
+in between, and an idle transport binds none.
 
-What stays here runs once per connection or per error, as in asyncio: extra info,
-`_fatal_error`, `_call_connection_lost`, `__repr__`, `__del__`. Semantics are CPython 3.11's
-`selector_events._SelectorSocketTransport` and `unix_events._UnixReadPipeTransport` /
-`_UnixWritePipeTransport`.
+What stays here runs once per connection: extra info, `_call_connection_lost`, `__repr__`,
+`__del__`. Semantics are each CPython version's `selector_events._SelectorSocketTransport`
+and `unix_events._UnixReadPipeTransport` / `_UnixWritePipeTransport`.
 """
 
 from __future__ import annotations
@@ -70,7 +69,37 @@ def _overrides_io(sock: Any) -> bool:
     return bool(instance_dict) and any(name in instance_dict for name in _SOCKET_IO)
 
 
-# Core methods bound into every transport's instance dict.
+class _CoreMethod:
+    """A transport method the native core implements, bound on first use.
+
+    The first `transport.write` looks the core's method up and stores the bound method in
+    the transport's instance dict, where Python finds it before the class: every later
+    `transport.write(data)` calls native code with no Python frame in between. A transport
+    only pays for the methods it uses (an idle connection's transport binds none; binding
+    all of them cost about 1 KB per connection). Looked up on the class, it is a plain
+    function, as a method defined there would be.
+    """
+
+    __slots__ = ("name", "unbound")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+        def unbound(transport: Any, *args: Any, **kwargs: Any) -> Any:
+            return getattr(transport._core, name)(*args, **kwargs)
+
+        unbound.__name__ = unbound.__qualname__ = name
+        self.unbound = unbound
+
+    def __get__(self, transport: Any, owner: Any = None) -> Any:
+        if transport is None:
+            return self.unbound
+        method = getattr(transport._core, self.name)
+        transport.__dict__[self.name] = method
+        return method
+
+
+# Core methods each kind of transport exposes directly (see `_CoreMethod`).
 _COMMON = ("is_closing", "is_reading", "pause_reading", "resume_reading", "_force_close")
 _WRITING = (
     "write",
@@ -92,12 +121,15 @@ class _NativeTransport:
     _extra: dict[str, Any]
     _bound: tuple[str, ...] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in cls.__dict__.get("_bound", ()):
+            setattr(cls, name, _CoreMethod(name))
+
     def _attach(self, loop: Any, core: Any, protocol: Any) -> None:
-        """Takes ownership of `core` and binds its hot methods into the instance dict."""
+        """Takes ownership of `core`."""
         self._loop = loop
         self._core = core
-        for name in self._bound:
-            setattr(self, name, getattr(core, name))
         self.set_protocol(protocol)
 
     def _start(self, loop: Any, fd: int, kind: str, protocol: Any) -> None:
