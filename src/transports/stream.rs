@@ -609,7 +609,11 @@ impl StreamTransport {
         let shared = slf.as_super().get();
         let py_io = {
             let st = this.state.borrow(py)?;
-            if shared.link(py)?.conn_lost > 0 || st.queue.is_empty() {
+            // A socket stops sending once the connection is lost (asyncio's `_write_ready`);
+            // a write pipe's count also counts writes dropped while closing, and its queue
+            // is still sent (`_UnixWritePipeTransport._write_ready` does not check it).
+            let lost = this.kind == Kind::Socket && shared.link(py)?.conn_lost > 0;
+            if lost || st.queue.is_empty() {
                 return Ok(());
             }
             st.py_io.as_ref().map(|s| s.clone_ref(py))
