@@ -1,12 +1,16 @@
 """Type stubs for ferroloop's native module.
 
 Checked against the built module by `python -m mypy.stubtest ferroloop._ferroloop` (lint step
-of scripts/test.sh, on every supported CPython).
+of scripts/test.sh, on every supported CPython). The `Protocol` classes at the end are not in
+the module: they declare what the native code calls by name on Python objects of ours (the
+transport owners, the loop, `ferroloop._helpers`); tests/test_stub.py checks that every such
+name in src/ is declared there (or is a stdlib/asyncio interface name it lists) and that the
+Python classes implement them.
 """
 
 import contextvars
-from collections.abc import Callable, Coroutine, Generator
-from typing import Any, final
+from collections.abc import Callable, Coroutine, Generator, MutableMapping
+from typing import Any, Protocol, final
 
 from typing_extensions import disjoint_base
 
@@ -151,7 +155,9 @@ class _TransportCore:
 class StreamTransport(_TransportCore):
     """Core of a socket or pipe transport; `kind` is "socket", "read_pipe" or "write_pipe"."""
 
-    def __new__(cls, event_loop: LoopCore, owner: Any, fd: int, kind: str) -> StreamTransport: ...
+    def __new__(
+        cls, event_loop: LoopCore, owner: _TransportOwner, fd: int, kind: str
+    ) -> StreamTransport: ...
     def set_protocol(self, protocol: Any, buffered: bool) -> None: ...
     def _use_socket_methods(self, sock: Any, sendmsg: bool) -> None: ...
     def _write_ready(self) -> None: ...
@@ -174,7 +180,7 @@ class DatagramTransport(_TransportCore):
     def __new__(
         cls,
         event_loop: LoopCore,
-        owner: Any,
+        owner: _TransportOwner,
         sock: Any,
         fd: int,
         family: int,
@@ -203,3 +209,70 @@ class SockOp(Coroutine[Any, Any, Any]):
     def close(self) -> None: ...
     def __call__(self) -> None: ...
 
+# ---------------------------------------------------------------------------------------------
+# What the native code calls by name on Python objects of ours (not in the module).
+
+class _TransportOwner(Protocol):
+    """The Python transport that owns a native core (`owner` above): the classes of
+    ferroloop._transports and ferroloop._datagram. Called from src/transports/common.rs,
+    stream.rs and datagram.rs."""
+
+    # asyncio's `_fatal_error`: report `exc` (unless an OSError) and force-close.
+    def _fatal_error(self, exc: BaseException, message: str) -> None: ...
+    # Runs `protocol.connection_lost(exc)` and releases the core, the socket or pipe, the
+    # server; scheduled with `loop.call_soon`, or called directly once a closing transport
+    # has flushed its buffer.
+    def _call_connection_lost(self, exc: BaseException | None) -> None: ...
+    # Debug-mode messages ("pauses reading", "received EOF"...), only when the loop is in
+    # debug mode.
+    def _debug_log(self, message: str) -> None: ...
+
+class _LoopHooks(Protocol):
+    """The loop object the native code runs on: a `ferroloop.Loop` (LoopCore plus the Python
+    layer). Called from src/event_loop/run.rs, src/sock_ops.rs and src/transports/."""
+
+    # Transports by fd (a WeakValueDictionary, read through its `.data` dict): an fd a
+    # transport owns may not be watched by `sock_*` (src/sock_ops.rs).
+    _transports: MutableMapping[int, Any]
+    def call_soon(
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> Handle: ...
+    def create_future(self) -> Any: ...
+    def call_exception_handler(self, context: dict[str, Any]) -> None: ...
+    # Debug mode: a callback that ran for slow_callback_duration or longer.
+    def _log_slow_callback(self, handle: Handle, seconds: float) -> None: ...
+    # A callback raised (asyncio's `Handle._run`); KeyboardInterrupt and SystemExit do not
+    # come here.
+    def _report_callback_exception(self, handle: Handle, exc: BaseException) -> None: ...
+    # asyncio's selector loop's check: RuntimeError if a transport that is not closing owns
+    # `fd` (called only when the `_transports` lookup finds one, or cannot be made).
+    def _ensure_fd_no_transport(self, fd: int) -> None: ...
+    # asyncio's Python `sock_*` paths, for sockets the native path does not handle (a socket
+    # subclass overriding socket methods, an SSLSocket, a mock).
+    def _sock_recv_py(self, sock: Any, n: int) -> Coroutine[Any, Any, bytes]: ...
+    def _sock_recv_into_py(self, sock: Any, buf: Any) -> Coroutine[Any, Any, int]: ...
+    def _sock_recvfrom_py(
+        self, sock: Any, bufsize: int
+    ) -> Coroutine[Any, Any, tuple[bytes, Any]]: ...
+    def _sock_recvfrom_into_py(
+        self, sock: Any, buf: Any, nbytes: int | None
+    ) -> Coroutine[Any, Any, tuple[int, Any]]: ...
+    def _sock_sendall_py(self, sock: Any, data: Any) -> Coroutine[Any, Any, None]: ...
+    def _sock_sendto_py(self, sock: Any, data: Any, address: Any) -> Coroutine[Any, Any, int]: ...
+    def _sock_accept_py(self, sock: Any) -> Coroutine[Any, Any, tuple[Any, Any]]: ...
+    def _sock_connect_resolved_py(self, sock: Any, address: Any) -> Coroutine[Any, Any, None]: ...
+
+class _Helpers(Protocol):
+    """The module ferroloop._helpers, imported once per loop (src/event_loop/mod.rs) and by
+    `Handle.__repr__` (src/handles.rs); its functions are the methods here, without `self`."""
+
+    # Debug mode: the caller's stack, for `_source_traceback`.
+    def capture_stack(self) -> Any: ...
+    # Debug mode: asyncio's refusal of a coroutine as a callback of `method`.
+    def check_callback(self, callback: Any, method: str) -> None: ...
+    # `create_task(name=...)` with a task factory.
+    def set_task_name(self, task: Any, name: Any) -> None: ...
+    def handle_repr(self, handle: Handle) -> str: ...
