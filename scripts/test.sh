@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quick start 2: set everything up, then run the whole test suite on every supported CPython
-# (3.11, 3.12, 3.13; one that is not installed is reported as skipped): lint once, then for
-# each version the pytest suite (ferroloop and stock asyncio side by side) and that
-# interpreter's own asyncio test suite run against ferroloop (tests/conformance).
+# (3.11, 3.12, 3.13; one that is not installed is reported as skipped): lint once (the stub's
+# stubtest on each version's build), then for each version the pytest suite (ferroloop and
+# stock asyncio side by side) and that interpreter's own asyncio test suite run against
+# ferroloop (tests/conformance).
 #   PYTHONS="3.12 3.13"  run only these versions
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,10 +35,16 @@ if ((${#versions[@]} == 0)); then
     exit 1
 fi
 
-echo "== lint: cargo fmt, clippy, ruff"
+echo "== lint: cargo fmt, clippy, ruff, stubtest"
 cargo fmt --check
 cargo clippy --release --quiet -- -D warnings
 ".venv-${versions[0]}/bin/ruff" check python tests bench examples scripts
+# python/ferroloop/_ferroloop.pyi against each version's build of the native module (a few
+# seconds each): the stub must hold for every version.
+for minor in "${versions[@]}"; do
+    ".venv-$minor/bin/python" -m mypy.stubtest ferroloop._ferroloop \
+        --allowlist tests/stubtest-allowlist.txt
+done
 
 failed=()
 for minor in "${versions[@]}"; do

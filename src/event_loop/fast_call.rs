@@ -223,10 +223,12 @@ unsafe extern "C" fn call_at(
     unsafe { entry(Method::At, slf, args, nargsf, kwnames) }
 }
 
-const CALL_SOON_DOC: &CStr = c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon, in FIFO order, inside `context` (a copy of the current context by default). Returns a Handle.";
-const CALL_SOON_THREADSAFE_DOC: &CStr = c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon(), from any thread: wakes the loop if it is waiting. Returns a Handle.";
-const CALL_LATER_DOC: &CStr = c"call_later(delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after `delay` seconds. Returns a TimerHandle.";
-const CALL_AT_DOC: &CStr = c"call_at(when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time `when`. Returns a TimerHandle.";
+// Each doc starts with CPython's `__text_signature__` form for builtin methods
+// (`name($self, ...)\n--\n\n`), so `inspect.signature` and stubtest see the real signature.
+const CALL_SOON_DOC: &CStr = c"call_soon($self, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon, in FIFO order, inside `context` (a copy of the current context by default). Returns a Handle.";
+const CALL_SOON_THREADSAFE_DOC: &CStr = c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), from any thread: wakes the loop if it is waiting. Returns a Handle.";
+const CALL_LATER_DOC: &CStr = c"call_later($self, delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after `delay` seconds. Returns a TimerHandle.";
+const CALL_AT_DOC: &CStr = c"call_at($self, when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time `when`. Returns a TimerHandle.";
 
 /// Installs the entry points as methods of `LoopCore` (replacing nothing: the class does
 /// not define them through `#[pymethods]`).
