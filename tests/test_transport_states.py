@@ -17,8 +17,9 @@ and the two records must be equal.
   abstract name, because with an unnamed peer the transport's `peername` is `''`, which
   asyncio's `sendto()` takes for "not connected": it calls `sock.sendto(data, None)` and
   fails with a fatal TypeError, ferroloop likewise).
-- States: one `enter_*` function each (`STATES`); the pairs no transport of that kind can be
-  in are listed in `UNREACHABLE` with the reason.
+- States: one `enter_*` function each (`STATES_ENTER`); the method is called right after it
+  returns, in the same callback. The pairs no transport of that kind can be in are listed in
+  `UNREACHABLE` with the reason.
 - Methods: `METHODS`, the union of the stream and datagram transport interfaces, so every
   kind also meets the methods it does not support (asyncio raises `AttributeError`, or
   `NotImplementedError` where the class inherits the abstract `ReadTransport` /
@@ -539,6 +540,7 @@ async def enter_peer_reset(c: Conn) -> None:
 
 
 async def enter_aborted(c: Conn) -> None:
+    """abort(); connection_lost has not run yet when the method is called."""
     c.transport.abort()
 
 
@@ -863,8 +865,8 @@ def test_cell(env: Env, kind: str, state: str, method: str) -> None:
     expected = expected_record(record_cell(asyncio.SelectorEventLoop, env, *cell.split("-")), cell)
     check_invariants(expected, state)
     actual = record_cell(ferroloop.new_event_loop, env, kind, state, method)
-    assert actual == expected, "\n".join(
-        f"{key}: asyncio {expected.get(key)!r}, ferroloop {actual.get(key)!r}"
-        for key in expected.keys() | actual.keys()
+    assert actual == expected, "; ".join(
+        f"{key}: expected {expected.get(key)!r}, ferroloop {actual.get(key)!r}"
+        for key in sorted(expected.keys() | actual.keys())
         if expected.get(key) != actual.get(key)
     )
