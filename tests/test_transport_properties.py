@@ -3,16 +3,25 @@ real TCP connection, on ferroloop and on stock asyncio, checked against invarian
 asyncio's `_SelectorSocketTransport` guarantees:
 
 - the peer receives a prefix of the bytes `write()` accepted, and, unless the transport was
-  aborted, at least every byte written before `close()`/`write_eof()`;
+  aborted or the peer reset the connection, at least every byte written before the first
+  `close()`/`write_eof()`;
 - `connection_lost` runs exactly once, `pause_writing`/`resume_writing` alternate, starting
   with a pause;
 - `write()` after `write_eof()` raises RuntimeError; nothing reaches the exception handler
   on these paths; at the end the buffer is empty and the transport is closing.
+
+The steps include `close()`, `abort()` and a peer reset (the peer closes with SO_LINGER 0,
+an RST) in the middle of the sequence, so the calls after them meet a closing or closed
+transport: writes then are queued behind pending data or dropped, never raise, and
+`pause_reading`/`resume_reading` do nothing. Examples are derandomized: each run tries the
+same sequences.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import sys
 
 import pytest
@@ -28,7 +37,10 @@ OPS = st.one_of(
     st.tuples(st.just("resume_reading"), st.none()),
     st.tuples(st.just("limits"), st.integers(min_value=0, max_value=200_000)),
     st.tuples(st.just("yield"), st.none()),
+    st.tuples(st.sampled_from(["close", "abort", "peer_reset"]), st.none()),
 )
+CLOSING_STEPS = ("close", "abort", "peer_reset")
+WAIT = 10  # seconds for the transport and the peer to finish closing
 ENDINGS = st.sampled_from(["close", "write_eof", "abort", "close_then_write"])
 
 
@@ -63,6 +75,14 @@ class Sink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.data += data
 
+    def reset(self) -> None:
+        """Close with SO_LINGER 0: the kernel sends an RST instead of a FIN."""
+        if self.transport.is_closing():
+            return
+        sock = self.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
     def eof_received(self) -> bool:
         return False
 
@@ -94,6 +114,9 @@ async def scenario(
     transport, client = await loop.create_connection(Client, "127.0.0.1", port)
     counter = [0]
     accepted = bytearray()
+    closing = False  # a close(), abort() or peer reset step has run
+    lossy = False  # an abort() or a peer reset: bytes written before may never arrive
+    before_close: int | None = None
     for op, arg in ops:
         if op == "write":
             data = payload(counter, int(arg))  # type: ignore[arg-type]
@@ -108,15 +131,29 @@ async def scenario(
             assert not transport.is_reading()
         elif op == "resume_reading":
             transport.resume_reading()
-            assert transport.is_reading()
+            assert transport.is_reading() is not transport.is_closing()
         elif op == "limits":
             transport.set_write_buffer_limits(high=int(arg))  # type: ignore[arg-type]
             assert transport.get_write_buffer_limits() == (int(arg) // 4, int(arg))  # type: ignore[arg-type]
+        elif op in CLOSING_STEPS:
+            if before_close is None:
+                before_close = len(accepted)
+            closing = True
+            lossy = lossy or op != "close"
+            if op == "close":
+                transport.close()
+            elif op == "abort":
+                transport.abort()
+            else:
+                while not sinks:
+                    await asyncio.sleep(0.001)
+                sinks[0].reset()
+            assert transport.is_closing() or op == "peer_reset"
         else:
             await asyncio.sleep(0)
-    before_end = len(accepted)
-    aborted = ending == "abort"
-    if ending == "write_eof":
+    before_end = len(accepted) if before_close is None else before_close
+    aborted = lossy or ending == "abort"
+    if ending == "write_eof" and not closing:
         transport.write_eof()
         with pytest.raises(RuntimeError):
             transport.write(b"after eof")
@@ -133,10 +170,10 @@ async def scenario(
             if pending:
                 accepted += data
     assert transport.is_closing()
-    await asyncio.wait_for(client.done, 30)
+    await asyncio.wait_for(client.done, WAIT)
     while not sinks:
         await asyncio.sleep(0.001)
-    await asyncio.wait_for(sinks[0].done, 30)
+    await asyncio.wait_for(sinks[0].done, WAIT)
     await asyncio.sleep(0)
     server.close()
     await server.wait_closed()
@@ -154,20 +191,40 @@ async def scenario(
 
 
 @settings(
-    max_examples=60,
+    max_examples=200,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(ops=st.lists(OPS, max_size=12), ending=ENDINGS)
 def test_random_transport_call_sequences_keep_asyncio_invariants(loop, ops, ending):
-    if stock_writelines_hangs_on_empty_chunks(loop):
-        # asyncio 3.12+'s sendmsg path never drains an empty chunk given to writelines(), so
-        # its transport never finishes closing (CPython gh-155888). ferroloop still gets them.
-        assume(not any(op == "writelines" and 0 in arg for op, arg in ops))
+    if is_stock(loop):
+        if sys.version_info >= (3, 12):
+            # asyncio 3.12+'s sendmsg path never drains an empty chunk given to writelines(),
+            # so its transport never finishes closing (CPython gh-155888).
+            assume(not any(op == "writelines" and 0 in arg for op, arg in ops))
+        # Stock asyncio can raise from its own internals on a write after a close(), abort()
+        # or reset step: write() once connection_lost has run after a close() that had data
+        # pending (AttributeError: 'NoneType' object has no attribute
+        # 'call_exception_handler'), 3.12+'s writelines() on any closing transport
+        # (TypeError or AttributeError, CPython gh-136234; see ASYNCIO_BUGS in
+        # test_transport_states.py). ferroloop gets these sequences.
+        assume(not writes_after_closing(ops, ending))
     loop.run_until_complete(scenario(loop, ops, ending))
 
 
-def stock_writelines_hangs_on_empty_chunks(loop: asyncio.AbstractEventLoop) -> bool:
+def writes_after_closing(ops: list[tuple[str, object]], ending: str) -> bool:
+    """Whether a write, writelines or close_then_write ending follows a close, abort or
+    peer reset step."""
+    seen = False
+    for op, _ in ops:
+        seen = seen or op in CLOSING_STEPS
+        if seen and op in ("write", "writelines"):
+            return True
+    return seen and ending == "close_then_write"
+
+
+def is_stock(loop: asyncio.AbstractEventLoop) -> bool:
     import ferroloop
 
-    return not isinstance(loop, ferroloop.Loop) and sys.version_info >= (3, 12)
+    return not isinstance(loop, ferroloop.Loop)
