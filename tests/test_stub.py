@@ -1,6 +1,6 @@
 """The native module's stub covers what the Rust code calls on Python objects by name.
 
-Rust calls Python methods by name (`obj.call_method1(intern!(py, "_fatal_error"), ...)`,
+Rust calls Python methods by name (`obj.call_method1(intern!(py, "_debug_log"), ...)`,
 `getattr("handle_repr")`): nothing checks such a name at build time, and a typo or a renamed
 Python method only fails when that path runs. So:
 
@@ -60,10 +60,11 @@ _LOOKUP = re.compile(
 # Lookups whose name is an expression, and where the names it takes are written (and so
 # extracted by `_NAME_PATTERNS`). A new one fails `test_indirect_lookups_are_known`.
 INDIRECT_LOOKUPS = {
-    # src/transports/common.rs `watch`: the core's own write-ready method, the constant
-    # `TransportCore::WRITE_READY` of each core ("_write_ready", "_sendto_ready").
-    "C::WRITE_READY": "const WRITE_READY in src/transports/stream.rs and datagram.rs",
-    # src/transports/common.rs `call_flow_control`: `intern!(py, "pause_writing")` and
+    # src/transports/base.rs `watch`: the core's own write-ready method, given to
+    # `NativeTransport::new` as the constant WRITE_READY of each core ("_write_ready",
+    # "_sendto_ready").
+    "this.write_ready": "const WRITE_READY in src/transports/stream.rs and datagram.rs",
+    # src/transports/base.rs `call_flow_control`: `intern!(py, "pause_writing")` and
     # `intern!(py, "resume_writing")` from maybe_pause_protocol / maybe_resume_protocol.
     "method": "intern! at the callers of call_flow_control",
     # src/sock_ops.rs `sock_call`: the loop's `_sock_*_py` fallback, `intern!`ed by each
@@ -110,12 +111,13 @@ INTERFACE_NAMES = {
     "name",
     "context",
     # Module attributes: asyncio.Future, asyncio.Task, socket.socket and _socket.socket,
-    # asyncio.log.logger and its warning()
+    # asyncio.log.logger and its warning() and debug()
     "Future",
     "Task",
     "socket",
     "logger",
     "warning",
+    "debug",
     # socket.socket methods: the I/O and checks the native paths replace or use (socket
     # subclasses' own methods are called), and SOCKET_METHODS (src/sock_ops.rs)
     "fileno",
@@ -277,7 +279,7 @@ def test_the_extraction_finds_the_known_lookups() -> None:
     # Guards the patterns themselves: one name of each kind of call site.
     names = rust_names()
     for expected in (
-        "_fatal_error",  # intern! in call_method1
+        "_call_connection_lost",  # intern! in call_method1
         "_report_callback_exception",  # a literal on the line after call_method1(
         "handle_repr",  # a literal in getattr
         "_write_ready",  # a const &str
@@ -478,18 +480,18 @@ def test_the_signature_check_catches_a_mismatch() -> None:
     # The check above is only as good as `incompatibilities`: a renamed or missing
     # parameter must be reported.
     fn = stub_protocols()["_TransportOwner"]
-    proto = protocol_members(fn)["_fatal_error"]
+    proto = protocol_members(fn)["_debug_log"]
     assert isinstance(proto, ast.FunctionDef)
 
     class Renamed:
-        def _fatal_error(self, error: BaseException, message: str = "") -> None: ...
+        def _debug_log(self, text: str) -> None: ...
 
     class Short:
-        def _fatal_error(self, exc: BaseException) -> None: ...
+        def _debug_log(self) -> None: ...
 
     class Good:
-        def _fatal_error(self, exc: BaseException, message: str = "x", extra: int = 0) -> None: ...
+        def _debug_log(self, message: str, extra: int = 0) -> None: ...
 
-    assert incompatibilities(proto, Renamed._fatal_error, bound=False)
-    assert incompatibilities(proto, Short._fatal_error, bound=False)
-    assert not incompatibilities(proto, Good._fatal_error, bound=False)
+    assert incompatibilities(proto, Renamed._debug_log, bound=False)
+    assert incompatibilities(proto, Short._debug_log, bound=False)
+    assert not incompatibilities(proto, Good._debug_log, bound=False)

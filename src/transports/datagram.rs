@@ -50,6 +50,8 @@ use crate::sys::{self, would_block, would_block_err};
 
 /// Largest datagram read (asyncio's `max_size`); the loop's buffer is reused, so this costs
 /// no allocation per read.
+/// The write watcher method `NativeTransport` registers.
+const WRITE_READY: &str = "_sendto_ready";
 const MAX_SIZE: usize = 256 * 1024;
 const READ_ERROR: &str = "Fatal read error on datagram transport";
 const WRITE_ERROR: &str = "Fatal write error on datagram transport";
@@ -322,7 +324,7 @@ impl DatagramTransport {
             event_loop.unbind(),
             owner,
             fd,
-            "_sendto_ready",
+            WRITE_READY,
             Self::drop_queue,
         );
         Ok(

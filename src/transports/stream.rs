@@ -38,6 +38,8 @@ use crate::sys::{self, would_block, would_block_err};
 
 /// Largest single read (asyncio's `max_size`); the loop's buffer is reused, so this costs
 /// no allocation per read.
+/// The write watcher method `NativeTransport` registers.
+const WRITE_READY: &str = "_write_ready";
 const MAX_READ: usize = 256 * 1024;
 /// A read at least this large switches the transport to reading into fresh `bytes`.
 const BULK_THRESHOLD: usize = 32 * 1024;
@@ -697,7 +699,7 @@ impl StreamTransport {
             event_loop.unbind(),
             owner,
             fd,
-            "_write_ready",
+            WRITE_READY,
             Self::drop_queue,
         );
         Ok(
