@@ -99,6 +99,5 @@ class DatagramTransport(
                 protocol.connection_lost(exc)
         finally:
             core._release()
-            self._sock.close()
-            self._sock = None
+            self._close_socket()
             self._loop = None

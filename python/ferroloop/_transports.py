@@ -241,6 +241,10 @@ class _WritingStream(_Buffered):
         return bool(self._core.can_write_eof())
 
 
+# Extra info a socket transport makes on first use (see `_SocketBased._take_socket`).
+_LAZY_EXTRA = frozenset(("socket", "sockname"))
+
+
 class _SocketBased(_NativeTransport):
     """Owners of a socket: extra info, repr state, the unclosed warning."""
 
@@ -248,11 +252,10 @@ class _SocketBased(_NativeTransport):
     _sock_fd: int | None = None
 
     def _take_socket(self, sock: socket.socket) -> None:
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
+        # "socket" and "sockname" are made when first asked for (or when the socket is
+        # closed, so they keep asyncio's values afterwards): an idle connection that nobody
+        # asks saves the wrapper, the address tuple and its strings. "peername" stays eager:
+        # the peer's address is gone once it disconnects.
         if "peername" not in self._extra:
             try:
                 self._extra["peername"] = sock.getpeername()
@@ -260,6 +263,31 @@ class _SocketBased(_NativeTransport):
                 self._extra["peername"] = None
         self._sock = sock
         self._sock_fd = sock.fileno()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """asyncio's `get_extra_info`; "socket" and "sockname" are made on first use."""
+        if name in _LAZY_EXTRA and name not in self._extra:
+            self._fill_extra()
+        return self._extra.get(name, default)
+
+    def _fill_extra(self) -> None:
+        """Makes the lazy extra info asyncio makes when the transport is created."""
+        sock = self._sock
+        if sock is None:
+            return
+        if "socket" not in self._extra:
+            self._extra["socket"] = trsock.TransportSocket(sock)
+        if "sockname" not in self._extra:
+            try:
+                self._extra["sockname"] = sock.getsockname()
+            except OSError:
+                self._extra["sockname"] = None
+
+    def _close_socket(self) -> None:
+        """Closes the socket once connection_lost has run, keeping the extra info."""
+        self._fill_extra()
+        self._sock.close()
+        self._sock = None
 
     def _fd_for_repr(self) -> int | None:
         return self._sock_fd
@@ -341,8 +369,7 @@ class SocketTransport(
         finally:
             waiter = core._take_empty_waiter()
             core._release()
-            self._sock.close()
-            self._sock = None
+            self._close_socket()
             self._loop = None
             server = self._server
             if server is not None:
