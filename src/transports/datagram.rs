@@ -216,14 +216,8 @@ impl DatagramTransport {
     /// `protocol.error_received(exc)`; what it raises propagates, as in asyncio.
     fn error_received(slf: &Bound<'_, Self>, err: PyErr) -> PyResult<()> {
         let py = slf.py();
-        let protocol = slf
-            .as_super()
-            .get()
-            .link(py)?
-            .protocol
-            .as_ref()
-            .map(|p| p.clone_ref(py));
-        if let Some(protocol) = protocol {
+        let protocol = base::protocol(slf.as_super().get(), py)?;
+        if !protocol.is_none(py) {
             protocol
                 .bind(py)
                 .call_method1(intern!(py, "error_received"), (err.into_value(py),))?;
@@ -251,16 +245,10 @@ impl DatagramTransport {
         addr: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = slf.py();
-        let protocol = slf
-            .as_super()
-            .get()
-            .link(py)?
-            .protocol
-            .as_ref()
-            .map(|p| p.clone_ref(py));
-        let Some(protocol) = protocol else {
+        let protocol = base::protocol(slf.as_super().get(), py)?;
+        if protocol.is_none(py) {
             return Ok(());
-        };
+        }
         // Looked up on each call, as asyncio does.
         protocol
             .bind(py)
