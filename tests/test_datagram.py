@@ -637,3 +637,66 @@ def test_closed_endpoints_are_freed_without_the_cycle_collector(loop):
         assert [r() for r in refs] == [None, None, None]
     finally:
         gc.enable()
+
+
+class _CountingDatagramSocket(socket.socket):
+    """A UDP socket whose I/O methods are overridden in Python."""
+
+    calls: list[str]
+
+    def recvfrom(self, n: int, *args: int):  # type: ignore[no-untyped-def]
+        self.calls.append("recvfrom")
+        return super().recvfrom(n, *args)
+
+    def send(self, data, *args: int) -> int:  # type: ignore[no-untyped-def]
+        self.calls.append("send")
+        return super().send(data, *args)
+
+    def sendto(self, data, *args):  # type: ignore[no-untyped-def]
+        self.calls.append("sendto")
+        return super().sendto(data, *args)
+
+
+@pytest.mark.parametrize("connected", [False, True], ids=["sendto", "send"])
+def test_socket_subclass_methods_are_called(loop, connected):
+    """A datagram socket passed with `sock=` whose recvfrom/send/sendto are overridden is
+    read and written through them, as asyncio's datagram transport calls them."""
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(5)
+    sock = _CountingDatagramSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.calls = []
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    if connected:
+        sock.connect(peer.getsockname())
+
+    async def main() -> list[tuple[bytes, object]]:
+        received: list[tuple[bytes, object]] = []
+        got = asyncio.get_running_loop().create_future()
+
+        class Proto(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: object) -> None:
+                received.append((data, addr))
+                if not got.done():
+                    got.set_result(None)
+
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            Proto, sock=sock
+        )
+        if connected:
+            transport.sendto(b"ping")
+        else:
+            transport.sendto(b"ping", peer.getsockname())
+        data, addr = peer.recvfrom(100)
+        assert data == b"ping"
+        peer.sendto(b"pong", addr)
+        await asyncio.wait_for(got, 5)
+        transport.close()
+        await asyncio.sleep(0)
+        return received
+
+    received = loop.run_until_complete(main())
+    peer.close()
+    assert received[0][0] == b"pong"
+    assert sorted(set(sock.calls)) == ["recvfrom", "send" if connected else "sendto"]

@@ -22,7 +22,10 @@ from asyncio import futures, transports
 from typing import Any
 
 from ._ferroloop import DatagramTransport as _Core
-from ._transports import _Buffered, _SocketBased
+from ._transports import _Buffered, _overrides_io, _SocketBased
+
+# Socket methods asyncio's datagram transport calls for its I/O (see `_overrides_io`).
+_DATAGRAM_IO = ("recvfrom", "send", "sendto")
 
 # Core methods bound into every transport's instance dict.
 _BOUND = (
@@ -70,6 +73,7 @@ class DatagramTransport(
             int(sock.family),
             bool(self._extra["peername"]),
             address if address else None,
+            _overrides_io(sock, _DATAGRAM_IO),
         )
         self._attach(loop, core, protocol)
         loop._transports[self._sock_fd] = self

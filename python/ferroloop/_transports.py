@@ -57,16 +57,16 @@ _SOCKET_IO = ("recv", "recv_into", "send", "sendmsg")
 _FLUSH_WITH_SENDMSG = sys.version_info >= (3, 12) and hasattr(socket.socket, "sendmsg")
 
 
-def _overrides_io(sock: Any) -> bool:
-    """Whether `sock`'s recv/recv_into/send/sendmsg are not `socket.socket`'s own."""
+def _overrides_io(sock: Any, names: tuple[str, ...] = _SOCKET_IO) -> bool:
+    """Whether any of `sock`'s methods `names` is not `socket.socket`'s own."""
     cls = type(sock)
     if cls is socket.socket:
         return False
     base = socket.socket
-    if any(getattr(cls, name, None) is not getattr(base, name) for name in _SOCKET_IO):
+    if any(getattr(cls, name, None) is not getattr(base, name) for name in names):
         return True
     instance_dict = getattr(sock, "__dict__", None)
-    return bool(instance_dict) and any(name in instance_dict for name in _SOCKET_IO)
+    return bool(instance_dict) and any(name in instance_dict for name in names)
 
 
 class _CoreMethod:

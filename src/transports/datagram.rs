@@ -90,6 +90,9 @@ pub struct DatagramTransport {
     /// Sender addresses are converted here (AF_INET, AF_INET6, AF_UNIX); sockets of other
     /// families use the socket object's own `recvfrom`.
     native_recv: bool,
+    /// The socket's class overrides `recvfrom`, `send` or `sendto`: every receive and send
+    /// goes through the socket object's methods, as asyncio calls them.
+    socket_methods: bool,
     /// asyncio's `self._extra['peername']` is true: send with `send()`.
     connected: bool,
     /// What the running interpreter's asyncio does with datagrams (see `DatagramRules`).
@@ -145,6 +148,9 @@ impl DatagramTransport {
         data: &Bound<'_, PyAny>,
         addr: &Bound<'_, PyAny>,
     ) -> PyResult<Sent> {
+        if self.socket_methods {
+            return self.send_via_socket(py, data, addr);
+        }
         let fd = self.fd;
         let target = if self.connected {
             None
@@ -180,16 +186,18 @@ impl DatagramTransport {
         let Some(sock) = sock else {
             return Ok(Sent::Failed(PyRuntimeError::new_err("transport is closed")));
         };
-        Ok(
-            match sock
-                .bind(py)
+        // asyncio: `self._sock.send(data)` when connected, else `sendto(data, addr)`.
+        let sent = if self.connected && self.socket_methods {
+            sock.bind(py).call_method1(intern!(py, "send"), (data,))
+        } else {
+            sock.bind(py)
                 .call_method1(intern!(py, "sendto"), (data, addr))
-            {
-                Ok(_) => Sent::Done,
-                Err(e) if would_block_err(py, &e) => Sent::WouldBlock,
-                Err(e) => Sent::Failed(e),
-            },
-        )
+        };
+        Ok(match sent {
+            Ok(_) => Sent::Done,
+            Err(e) if would_block_err(py, &e) => Sent::WouldBlock,
+            Err(e) => Sent::Failed(e),
+        })
     }
 
     /// The Python address of a received datagram's sender, reusing the last one's object
@@ -294,7 +302,8 @@ impl DatagramTransport {
 #[pymethods]
 impl DatagramTransport {
     /// `connected`: the socket has a peer name (asyncio then uses `send()`); `address`:
-    /// asyncio's `_address` if true, else None.
+    /// asyncio's `_address` if true, else None; `socket_methods`: the socket's class
+    /// overrides its I/O methods, which are then called instead of the system.
     #[new]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -305,6 +314,7 @@ impl DatagramTransport {
         family: libc::c_int,
         connected: bool,
         address: Option<Py<PyAny>>,
+        socket_methods: bool,
     ) -> PyResult<PyClassInitializer<Self>> {
         let py = event_loop.py();
         let address = address.filter(|a| !a.is_none(py));
@@ -319,7 +329,9 @@ impl DatagramTransport {
             PyClassInitializer::from(shared).add_subclass(DatagramTransport {
                 fd,
                 family,
-                native_recv: matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX),
+                native_recv: !socket_methods
+                    && matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX),
+                socket_methods,
                 connected,
                 rules: DatagramRules::for_interpreter(py),
                 state: GilCell::new(State {
