@@ -216,11 +216,17 @@ class Census:
 _LABELLED_ATTRS = ("_coro", "_fut_waiter", "_callbacks", "_loop", "_context", "_result",
                    "_exception", "_source_traceback", "_cancel_message")
 _MANAGED_DICT = 1 << 4  # Py_TPFLAGS_MANAGED_DICT (3.11+): attributes kept without a dict
-# 3.11 keeps a managed-dict object's attributes in a values array (a prefix and one pointer
-# per slot of the class's shared keys) until something asks for `__dict__`; the dict made
-# then is 48 B (sizeof(PyDictObject)) + 16 B GC header + those pointers, so the array is its
-# size minus 48.
-_DICT_OVER_VALUES = 48 if sys.version_info[:2] == (3, 11) else 0
+
+
+def _values_size(dict_size: int) -> int:
+    """3.11 keeps a managed-dict object's attributes in a values array until something asks
+    for `__dict__`; the dict made then reports 48 B (PyDictObject) + 16 B (GC header) + one
+    pointer per usable slot of the class's shared keys, while the array is that many pointers
+    plus a prefix of one byte per slot + 2, rounded up to 8 (dictobject.c, new_values)."""
+    if sys.version_info[:2] != (3, 11):
+        return dict_size  # other layouts: reported as the dict's own size
+    usable = (dict_size - 64) // 8
+    return usable * 8 + (usable + 2 + 7) // 8 * 8
 
 
 def _labelled_referents(obj: Any) -> list[tuple[str, Any]]:
@@ -265,7 +271,7 @@ def walk(roots: list[tuple[str, Any]], old: dict[int, Any]) -> list[dict[str, An
     before connecting: the loop, the server, classes, functions, interned names...), breadth
     first, with sys.getsizeof of each. A 3.11 instance's attribute values array is shown as
     its `__dict__ (values)` (made by the walk, after every other measurement), at the array's
-    size."""
+    size (`_values_size`)."""
     seen: set[int] = set()
     out = []
     queue = collections.deque(roots)
@@ -276,7 +282,7 @@ def walk(roots: list[tuple[str, Any]], old: dict[int, Any]) -> list[dict[str, An
         seen.add(id(obj))
         size = sys.getsizeof(obj, 0)
         if label.endswith("(values)"):
-            size -= _DICT_OVER_VALUES
+            size = _values_size(size)
         out.append({"path": label, "type": _type_name(obj), "bytes": size})
         queue.extend((label + sub, child) for sub, child in _labelled_referents(obj))
     return out
