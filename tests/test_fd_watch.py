@@ -545,3 +545,38 @@ def test_exception_in_reader_reported(loop, sockpair):
     assert isinstance(contexts[0]["exception"], ValueError)
     assert contexts[0]["message"].startswith("Exception in callback")
     loop.remove_reader(a)
+
+
+@pytest.mark.parametrize("direction", ["reader", "writer"])
+def test_remove_watcher_by_a_socket_closed_after_registering(loop, direction):
+    """asyncio's selector finds a registration by its file object when the object can no
+    longer give its fd (a closed socket's fileno() is -1): remove_reader/remove_writer
+    return True instead of raising ValueError (anyio closes sockets this way)."""
+    a, b = socket.socketpair()
+    add = getattr(loop, f"add_{direction}")
+    remove = getattr(loop, f"remove_{direction}")
+    add(a, lambda: None)
+    a.close()
+    assert remove(a) is True
+    # Once removed, nothing knows the object any more: ValueError, as from asyncio.
+    with pytest.raises(ValueError):
+        remove(a)
+    b.close()
+
+
+def test_remove_watcher_unknown_closed_socket_raises(loop):
+    """A closed socket object that was never registered: ValueError, as asyncio's selector
+    raises it."""
+    a, b = socket.socketpair()
+    a.close()
+    with pytest.raises(ValueError):
+        loop.remove_reader(a)
+    b.close()
+
+
+def test_loop_closed_attribute(loop_factory):
+    """`loop._closed`, the private flag asyncio and uvloop both have."""
+    lp = loop_factory()
+    assert lp._closed is False
+    lp.close()
+    assert lp._closed is True

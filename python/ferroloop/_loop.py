@@ -111,6 +111,11 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
                 return factory(self, coro, **kwargs)
             return tasks.Task(coro, loop=self, **kwargs)
 
+    @property
+    def _closed(self) -> bool:
+        """asyncio's (and uvloop's) private `_closed`, which tests and libraries read."""
+        return bool(self.is_closed())
+
     def __repr__(self) -> str:
         return (
             f"<{type(self).__name__} running={self.is_running()} "

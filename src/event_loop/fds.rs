@@ -48,6 +48,10 @@ pub struct EdgeReg {
 pub struct Watchers {
     pub reader: Option<Py<Handle>>,
     pub writer: Option<Py<Handle>>,
+    /// The file object (not an int) last passed to `add_reader`/`add_writer` for this fd:
+    /// asyncio's selector keeps it in its key, and finds the registration by it when the
+    /// object can no longer give its fd (a socket closed after it was registered).
+    pub fileobj: Option<Py<PyAny>>,
 }
 
 impl Watchers {
@@ -267,12 +271,23 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_callback(&callback, method, true)?;
-        let fd = fileobj_to_fd(fd)?;
+        let fileobj = fd;
+        let fd = fileobj_to_fd(fileobj)?;
         let handle = new_tracked(
             py,
             this.new_handle(py, callback, Args::from_tuple(args), None)?,
         )?;
-        if let Some(old) = this.set_watcher(py, fd, dir, Some(handle.clone_ref(py)))? {
+        let old = this.set_watcher(py, fd, dir, Some(handle.clone_ref(py)))?;
+        if !fileobj.is_instance_of::<PyInt>() {
+            let previous = this
+                .state
+                .borrow_mut(py)?
+                .fds
+                .get_mut(&fd)
+                .and_then(|w| w.fileobj.replace(fileobj.clone().unbind()));
+            drop(previous);
+        }
+        if let Some(old) = old {
             old.bind(py).call_method0("cancel")?;
         }
         Ok(handle)
@@ -291,7 +306,25 @@ impl LoopCore {
         if this.is_debug() {
             this.check_thread()?;
         }
-        let fd = fileobj_to_fd(fd)?;
+        let fd = match fileobj_to_fd(fd) {
+            Ok(fd) => fd,
+            // asyncio's `_fileobj_lookup`: an object that no longer gives its fd (a closed
+            // socket's fileno() is -1) is found among the registrations by identity.
+            Err(e) if e.is_instance_of::<PyValueError>(py) => {
+                let found = this
+                    .state
+                    .borrow(py)?
+                    .fds
+                    .iter()
+                    .find(|(_, w)| w.fileobj.as_ref().is_some_and(|o| o.is(fd)))
+                    .map(|(fd, _)| *fd);
+                match found {
+                    Some(fd) => fd,
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         match this.set_watcher(py, fd, dir, None)? {
             Some(old) => {
                 old.bind(py).call_method0("cancel")?;

@@ -406,6 +406,7 @@ impl LoopCore {
         for w in st.fds.values() {
             visit.call(&w.reader)?;
             visit.call(&w.writer)?;
+            visit.call(&w.fileobj)?;
         }
         for e in st.edge.values() {
             visit.call(&e.owner)?;
