@@ -366,6 +366,9 @@ fn timers_equal(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyRes
 #[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
 pub struct TimerHandle {
     when: f64,
+    /// The `when` given to `call_at` when it was not a float (asyncio keeps it: an int
+    /// `when` stays an int); ordering always uses `when`.
+    when_given: Option<Py<PyAny>>,
     /// True while the handle sits in the loop's timer heap.
     scheduled: AtomicBool,
     /// The loop's count of cancelled-but-still-scheduled timers (drives heap compaction).
@@ -373,9 +376,14 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
-    pub fn new(when: f64, cancelled_in_heap: Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        when: f64,
+        when_given: Option<Py<PyAny>>,
+        cancelled_in_heap: Arc<AtomicUsize>,
+    ) -> Self {
         TimerHandle {
             when,
+            when_given,
             scheduled: AtomicBool::new(false),
             cancelled_in_heap,
         }
@@ -392,8 +400,8 @@ impl TimerHandle {
 
 #[pymethods]
 impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.when
+    fn when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self._when(py)
     }
 
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -404,14 +412,16 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match &self.when_given {
+            Some(given) => given.clone_ref(py),
+            None => pyo3::types::PyFloat::new(py, self.when).into_any().unbind(),
+        })
     }
 
-    /// asyncio's TimerHandle hashes by `when`.
+    /// asyncio's TimerHandle hashes by `when`, as `hash(self._when)`.
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
-        // Python's hash of the float, as asyncio's `hash(self._when)`.
-        pyo3::types::PyFloat::new(py, self.when).hash()
+        self._when(py)?.bind(py).hash()
     }
 
     /// asyncio's ordering: by `when`; `==` also compares callback, args and cancelled state;

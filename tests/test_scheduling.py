@@ -858,3 +858,66 @@ def test_call_soon_threadsafe_before_run(loop):
     t.join()
     run_briefly(loop)
     assert calls == [1]
+
+
+def test_call_at_keeps_the_when_it_was_given(loop):
+    """asyncio's TimerHandle keeps `when` as given: an int stays an int (aiohttp's tests
+    compare it); ordering and hashing follow its value."""
+    h = loop.call_at(12345, lambda: None)
+    f = loop.call_at(12345.5, lambda: None)
+    try:
+        assert h.when() == 12345 and type(h.when()) is int
+        assert type(f.when()) is float
+        assert hash(h) == hash(12345)
+        assert h < f
+    finally:
+        h.cancel()
+        f.cancel()
+
+
+def test_replaced_loop_time_drives_timers(loop):
+    """A `loop.time` replaced on the instance (`mock.patch.object(loop, "time")`, as
+    virtual-clock test tools do) schedules and fires timers, as asyncio's `call_later` and
+    `_run_once` call `self.time()`; restoring it restores the real clock."""
+    import time as _time
+    from unittest import mock
+
+    now = [1000.0]
+    fired: list[str] = []
+    with mock.patch.object(loop, "time", side_effect=lambda: now[0]):
+        later = loop.call_later(5, fired.append, "later")
+        loop.call_at(1002, fired.append, "at")
+        assert later.when() == 1005.0
+        loop.run_until_complete(asyncio.sleep(0))
+        assert fired == []
+        now[0] = 1003
+        loop.run_until_complete(asyncio.sleep(0))
+        assert fired == ["at"]
+        now[0] = 1006
+        loop.run_until_complete(asyncio.sleep(0))
+        assert fired == ["at", "later"]
+    assert abs(loop.time() - _time.monotonic()) < 1
+    # The real clock again: a short timer fires on time.
+    loop.run_until_complete(asyncio.sleep(0.01))
+
+
+def test_subclass_clock_drives_timers(loop):
+    """A loop class with its own `time()` has its timers follow it."""
+    now = [500.0]
+
+    class VirtualClockLoop(type(loop)):  # type: ignore[misc]
+        def time(self) -> float:
+            return now[0]
+
+    vloop = VirtualClockLoop()
+    try:
+        fired: list[int] = []
+        handle = vloop.call_later(10, fired.append, 1)
+        assert handle.when() == 510.0
+        vloop.run_until_complete(asyncio.sleep(0))
+        assert fired == []
+        now[0] = 511.0
+        vloop.run_until_complete(asyncio.sleep(0))
+        assert fired == [1]
+    finally:
+        vloop.close()

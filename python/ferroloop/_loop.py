@@ -88,6 +88,8 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
         self._old_agen_hooks: Any = None
         self._init_networking()
         self.set_debug(coroutines._is_debug_mode())
+        # A subclass with its own clock: timers follow it, as asyncio's follow `self.time()`.
+        self._set_time_overridden(type(self).time is not LoopCore.time)
         if sys.version_info < (3, 12) and type(self).call_soon is LoopCore.call_soon:
             # CPython 3.11's C Task and Future look `loop.call_soon` up as an attribute for
             # every step and done callback, allocating a bound method each time. An instance
@@ -110,6 +112,18 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
             if factory is not None:
                 return factory(self, coro, **kwargs)
             return tasks.Task(coro, loop=self, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # `loop.time` replaced on the instance (`mock.patch.object(loop, "time")`, virtual
+        # clocks in test tools): the native core then reads the loop's time through it.
+        object.__setattr__(self, name, value)
+        if name == "time":
+            self._set_time_overridden(True)
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        if name == "time":
+            self._set_time_overridden(type(self).time is not LoopCore.time)
 
     @property
     def _closed(self) -> bool:

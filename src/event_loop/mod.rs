@@ -76,6 +76,10 @@ pub struct LoopCore {
     closed: AtomicBool,
     debug: AtomicBool,
     stopping: AtomicBool,
+    /// `loop.time` is replaced (on the instance, as `mock.patch.object(loop, "time")` does,
+    /// or by a subclass): timers are then scheduled and fired by calling it, as asyncio's
+    /// `call_later` and `_run_once` call `self.time()`. Set by the Python layer.
+    time_overridden: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_id: AtomicU64,
     slow_callback_duration: AtomicU64,
@@ -274,18 +278,29 @@ impl LoopCore {
         } else {
             ("call_at", "when cannot be None")
         };
-        let time = match parsed.time {
-            Some(t) if !t.is_none() => t.extract::<f64>()?,
+        let (time, given) = match parsed.time {
+            Some(t) if !t.is_none() => (t.extract::<f64>()?, t),
             _ => return Err(PyTypeError::new_err(none_error)),
         };
+        // asyncio's TimerHandle keeps the `when` it was given (`call_at(12345).when()` is
+        // 12345, an int); a float is kept as the f64 itself.
+        let given = (!relative && !given.is_exact_instance_of::<pyo3::types::PyFloat>())
+            .then(|| given.unbind());
         let this = slf.get();
         this.check_callback(&parsed.callback, method, true)?;
         let when = if relative {
-            clock::monotonic() + time
+            Self::now(slf)? + time
         } else {
             time
         };
-        this.schedule_at(slf.py(), when, parsed.callback, parsed.args, parsed.context)
+        this.schedule_at(
+            slf.py(),
+            when,
+            given,
+            parsed.callback,
+            parsed.args,
+            parsed.context,
+        )
     }
 
     /// `call_soon_threadsafe`: `call_soon` from any thread, waking the loop if it waits.
@@ -311,13 +326,17 @@ impl LoopCore {
         &self,
         py: Python<'_>,
         when: f64,
+        given: Option<Py<PyAny>>,
         callback: Bound<'_, PyAny>,
         args: Args,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let base = self.new_handle(py, callback, args, context)?;
-        let init = PyClassInitializer::from(base)
-            .add_subclass(TimerHandle::new(when, self.timers_cancelled.clone()));
+        let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(
+            when,
+            given,
+            self.timers_cancelled.clone(),
+        ));
         let timer = new_tracked(py, init)?;
         timer.get().set_scheduled(true);
         self.state
@@ -338,6 +357,25 @@ impl LoopCore {
 
     pub(crate) fn is_closed_flag(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+
+    /// The loop's time: the native clock, or the replaced `loop.time()`.
+    pub(crate) fn now(slf: &Bound<'_, Self>) -> PyResult<f64> {
+        match Self::clock_override(slf)? {
+            Some(now) => Ok(now),
+            None => Ok(clock::monotonic()),
+        }
+    }
+
+    /// `loop.time()` when it is replaced, else None (the native clock is read where needed).
+    fn clock_override(slf: &Bound<'_, Self>) -> PyResult<Option<f64>> {
+        if !slf.get().time_overridden.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let py = slf.py();
+        Ok(Some(
+            slf.call_method0(intern!(py, "time"))?.extract::<f64>()?,
+        ))
     }
 
     /// One `recv()` (sockets) or `read()` (pipes) of at most `max` bytes from `fd` into the
@@ -467,6 +505,7 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            time_overridden: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
@@ -478,6 +517,11 @@ impl LoopCore {
     /// The loop's clock: `time.monotonic()`.
     fn time(&self) -> f64 {
         clock::monotonic()
+    }
+
+    /// Tells the core whether `time()` is replaced (see `time_overridden`).
+    fn _set_time_overridden(&self, overridden: bool) {
+        self.time_overridden.store(overridden, Ordering::Relaxed);
     }
 
     fn get_debug(&self) -> bool {
@@ -783,20 +827,21 @@ impl LoopCore {
         // Announce a possible sleep before anything that may run Python code (and so let
         // another thread queue work): that thread will then wake us.
         this.poller.set_sleeping(true);
-        let (timeout_ms, must_poll, events) = match this.prepare_wait(py) {
-            Ok(w) => w,
-            Err(e) => {
-                this.poller.set_sleeping(false);
-                return Err(e);
-            }
-        };
+        let (timeout_ms, must_poll, events) =
+            match this.prepare_wait(py, Self::clock_override(slf)?) {
+                Ok(w) => w,
+                Err(e) => {
+                    this.poller.set_sleeping(false);
+                    return Err(e);
+                }
+            };
         if must_poll {
             this.poll(py, timeout_ms, events)?;
         } else {
             this.poller.set_sleeping(false);
             this.state.borrow_mut(py)?.events = events;
         }
-        this.queue_due_timers(py)?;
+        this.queue_due_timers(py, Self::clock_override(slf)?)?;
         Self::run_ready(slf)
     }
 

@@ -17,7 +17,12 @@ use crate::handles::{Handle, Runnable};
 impl LoopCore {
     /// Drops cancelled timers from the heap and says how long the next wait may last
     /// (milliseconds, -1 for no limit).
-    pub(super) fn prepare_wait(&self, py: Python<'_>) -> PyResult<(i32, bool, Vec<Ready>)> {
+    /// `now`: the replaced `loop.time()`, if it is replaced.
+    pub(super) fn prepare_wait(
+        &self,
+        py: Python<'_>,
+        now: Option<f64>,
+    ) -> PyResult<(i32, bool, Vec<Ready>)> {
         // An Option, so that the common case (nothing cancelled) has no Vec to drop.
         let mut dropped: Option<Vec<TimerEntry>> = None;
         let result = {
@@ -32,7 +37,7 @@ impl LoopCore {
             let timeout = if !st.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
                 0
             } else if let Some(when) = st.timers.peek_when() {
-                clock::wait_millis(when - clock::monotonic())
+                clock::wait_millis(when - now.unwrap_or_else(clock::monotonic))
             } else {
                 -1
             };
@@ -78,7 +83,7 @@ impl LoopCore {
     }
 
     /// Moves due timers to the ready queue.
-    pub(super) fn queue_due_timers(&self, py: Python<'_>) -> PyResult<()> {
+    pub(super) fn queue_due_timers(&self, py: Python<'_>, now: Option<f64>) -> PyResult<()> {
         let mut dropped: Vec<TimerEntry> = Vec::new();
         {
             let mut st = self.state.borrow_mut(py)?;
@@ -86,7 +91,7 @@ impl LoopCore {
                 // No clock read when there is no timer: a measurable share of a busy loop.
                 return Ok(());
             }
-            let end = clock::monotonic() + clock::RESOLUTION;
+            let end = now.unwrap_or_else(clock::monotonic) + clock::RESOLUTION;
             while st.timers.peek_when().is_some_and(|when| when < end) {
                 let Some(entry) = st.timers.pop() else { break };
                 entry.handle.get().set_scheduled(false);
