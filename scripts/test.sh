@@ -53,6 +53,8 @@ for minor in "${versions[@]}"; do
     echo "== CPython $minor asyncio conformance"
     ".venv-$minor/bin/python" tests/conformance/run.py || failed+=("conformance-$minor")
 done
+echo "== fault injection (a test build of the syscall layer, python${versions[0]})"
+PYTHON=$(find_python "${versions[0]}") bash scripts/faults.sh || failed+=(faults)
 echo "== wheels (one per CPython found) and sdist: build, install each in a fresh venv with no Rust on PATH, smoke-test"
 export MATURIN=".venv-${versions[0]}/bin/maturin"
 VERSIONS="${versions[*]}" bash scripts/wheels.sh || failed+=(wheels)

@@ -26,5 +26,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sock_ops::SockOp>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
+    #[cfg(feature = "fault-injection")]
+    {
+        m.add_function(pyo3::wrap_pyfunction!(sys::fault::_inject_faults, m)?)?;
+        m.add_function(pyo3::wrap_pyfunction!(sys::fault::_clear_faults, m)?)?;
+    }
     Ok(())
 }

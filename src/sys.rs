@@ -12,9 +12,16 @@ use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError};
 use pyo3::{PyErr, Python};
 
 /// Runs `syscall` until it does not fail with EINTR; a negative result is the error in
-/// `errno`.
-pub(crate) fn retry_eintr(mut syscall: impl FnMut() -> isize) -> io::Result<usize> {
+/// `errno`. `op` names the call for fault injection (test builds only).
+pub(crate) fn retry_eintr(op: Op, mut syscall: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
+        if let Some(errno) = fault::errno(op) {
+            let err = io::Error::from_raw_os_error(errno);
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
         let n = syscall();
         if n >= 0 {
             return Ok(n as usize);
@@ -24,6 +31,17 @@ pub(crate) fn retry_eintr(mut syscall: impl FnMut() -> isize) -> io::Result<usiz
             return Err(err);
         }
     }
+}
+
+/// The calls of this layer, as fault injection names them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Op {
+    Read,
+    Write,
+    WriteVectored,
+    RecvFrom,
+    SendTo,
+    Accept,
 }
 
 /// Whether a failed syscall only means "not now" (asyncio's
@@ -56,7 +74,8 @@ pub(crate) unsafe fn exported_bytes<'a>(ptr: *mut libc::c_void, len: usize) -> &
 
 /// `send()` without SIGPIPE (a socket) or `write()` (a pipe or character device).
 pub(crate) fn write(fd: RawFd, data: &[u8], socket: bool) -> io::Result<usize> {
-    retry_eintr(|| {
+    let data = &data[..fault::partial(Op::Write, data.len())];
+    retry_eintr(Op::Write, || {
         // SAFETY: `data` is a live byte slice for the duration of the call; the kernel only
         // reads `data.len()` bytes from it.
         unsafe {
@@ -73,7 +92,33 @@ pub(crate) fn write(fd: RawFd, data: &[u8], socket: bool) -> io::Result<usize> {
 ///
 /// Every `iovec` must point to memory that stays readable and unchanged for the call.
 pub(crate) fn write_vectored(fd: RawFd, iov: &[libc::iovec], socket: bool) -> io::Result<usize> {
-    retry_eintr(|| {
+    let total: usize = iov.iter().map(|v| v.iov_len).sum();
+    let limit = fault::partial(Op::WriteVectored, total);
+    if limit < total {
+        // An injected partial write: only the first `limit` bytes, as a short writev.
+        let mut left = limit;
+        let mut cut = Vec::with_capacity(iov.len());
+        for v in iov {
+            if left == 0 {
+                break;
+            }
+            let len = v.iov_len.min(left);
+            cut.push(libc::iovec {
+                iov_base: v.iov_base,
+                iov_len: len,
+            });
+            left -= len;
+        }
+        if cut.is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        return write_vectored_now(fd, &cut, socket);
+    }
+    write_vectored_now(fd, iov, socket)
+}
+
+fn write_vectored_now(fd: RawFd, iov: &[libc::iovec], socket: bool) -> io::Result<usize> {
+    retry_eintr(Op::WriteVectored, || {
         // SAFETY: the caller guarantees each iovec points to readable memory of its length;
         // the kernel only reads from them. `msg` is zeroed but for the iov fields.
         unsafe {
@@ -91,7 +136,7 @@ pub(crate) fn write_vectored(fd: RawFd, iov: &[libc::iovec], socket: bool) -> io
 
 /// `recv()` (a socket) or `read()` (a pipe) into `buf`.
 pub(crate) fn read(fd: RawFd, buf: &mut [u8], socket: bool) -> io::Result<usize> {
-    retry_eintr(|| {
+    retry_eintr(Op::Read, || {
         // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()`
         // bytes into it.
         unsafe {
@@ -112,7 +157,7 @@ pub(crate) fn recvfrom(
     addr: &mut libc::sockaddr_storage,
     addrlen: &mut libc::socklen_t,
 ) -> io::Result<usize> {
-    retry_eintr(|| {
+    retry_eintr(Op::RecvFrom, || {
         *addrlen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // SAFETY: `buf` is a live writable slice and `addr` a writable sockaddr_storage
         // whose size `addrlen` gives; the kernel writes at most that much to each.
@@ -136,7 +181,7 @@ pub(crate) fn sendto(
     data: &[u8],
     addr: Option<(*const libc::sockaddr, libc::socklen_t)>,
 ) -> io::Result<usize> {
-    retry_eintr(|| {
+    retry_eintr(Op::SendTo, || {
         // SAFETY: `data` is a live byte slice; `addr`, when given, points to a sockaddr of
         // `addrlen` bytes that the caller keeps alive for the call. The kernel only reads.
         unsafe {
@@ -181,7 +226,7 @@ pub(crate) fn accept(
     addr: &mut libc::sockaddr_storage,
     addrlen: &mut libc::socklen_t,
 ) -> io::Result<RawFd> {
-    retry_eintr(|| {
+    retry_eintr(Op::Accept, || {
         *addrlen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // SAFETY: `addr` is a writable sockaddr_storage whose size `addrlen` gives.
         unsafe {
@@ -194,4 +239,126 @@ pub(crate) fn accept(
         }
     })
     .map(|n| n as RawFd)
+}
+
+/// Fault injection for tests: a plan of errors and short writes the calls above take
+/// before touching the kernel. Compiled only with the `fault-injection` feature; otherwise
+/// these are empty inline functions and the release build pays nothing.
+#[cfg(feature = "fault-injection")]
+pub(crate) mod fault {
+    #![allow(clippy::needless_pass_by_value)]
+    use super::Op;
+    use std::sync::Mutex;
+
+    /// One planned fault: after `skip` matching calls, the next `count` fail with `errno`
+    /// (or, with errno 0, write at most `partial` bytes).
+    pub(crate) struct Plan {
+        pub op: Op,
+        pub errno: i32,
+        pub partial: usize,
+        pub skip: u32,
+        pub count: u32,
+    }
+
+    static PLANS: Mutex<Vec<Plan>> = Mutex::new(Vec::new());
+
+    pub(crate) fn add(plan: Plan) {
+        if let Ok(mut plans) = PLANS.lock() {
+            plans.push(plan);
+        }
+    }
+
+    pub(crate) fn clear() {
+        if let Ok(mut plans) = PLANS.lock() {
+            plans.clear();
+        }
+    }
+
+    /// Takes the next fault of kind `want` for `op`, if one is due.
+    fn take(op: Op, want_errno: bool) -> Option<(i32, usize)> {
+        let mut plans = PLANS.lock().ok()?;
+        let i = plans
+            .iter()
+            .position(|p| p.op == op && (p.errno != 0) == want_errno && p.count > 0)?;
+        let plan = &mut plans[i];
+        if plan.skip > 0 {
+            plan.skip -= 1;
+            return None;
+        }
+        plan.count -= 1;
+        let fault = (plan.errno, plan.partial);
+        if plan.count == 0 {
+            plans.remove(i);
+        }
+        Some(fault)
+    }
+
+    /// An errno to fail this call with, if one is planned.
+    pub(crate) fn errno(op: Op) -> Option<i32> {
+        take(op, true).map(|(errno, _)| errno)
+    }
+
+    fn parse_op(name: &str) -> pyo3::PyResult<Op> {
+        Ok(match name {
+            "read" => Op::Read,
+            "write" => Op::Write,
+            "write_vectored" => Op::WriteVectored,
+            "recvfrom" => Op::RecvFrom,
+            "sendto" => Op::SendTo,
+            "accept" => Op::Accept,
+            _ => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "unknown syscall {name:?}"
+                )))
+            }
+        })
+    }
+
+    /// `_inject_faults(op, errno=0, partial=0, count=1, skip=0)`: after `skip` calls of
+    /// `op`, the next `count` fail with `errno`, or with errno 0 write at most `partial`
+    /// bytes. Test builds only.
+    #[pyo3::pyfunction]
+    #[pyo3(signature = (op, errno=0, partial=0, count=1, skip=0))]
+    pub(crate) fn _inject_faults(
+        op: &str,
+        errno: i32,
+        partial: usize,
+        count: u32,
+        skip: u32,
+    ) -> pyo3::PyResult<()> {
+        add(Plan {
+            op: parse_op(op)?,
+            errno,
+            partial,
+            skip,
+            count,
+        });
+        Ok(())
+    }
+
+    /// `_clear_faults()`: drops every planned fault.
+    #[pyo3::pyfunction]
+    pub(crate) fn _clear_faults() {
+        clear();
+    }
+
+    /// How many of `len` bytes this write may take.
+    pub(crate) fn partial(op: Op, len: usize) -> usize {
+        take(op, false).map_or(len, |(_, n)| n.min(len))
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+mod fault {
+    use super::Op;
+
+    #[inline(always)]
+    pub(super) fn errno(_op: Op) -> Option<i32> {
+        None
+    }
+
+    #[inline(always)]
+    pub(super) fn partial(_op: Op, len: usize) -> usize {
+        len
+    }
 }
