@@ -42,6 +42,8 @@ pub(crate) enum Op {
     RecvFrom,
     SendTo,
     Accept,
+    /// `epoll_wait` in `event_loop/poller.rs` (EINTR there runs Python's signal handlers).
+    EpollWait,
 }
 
 /// Whether a failed syscall only means "not now" (asyncio's
@@ -309,6 +311,7 @@ pub(crate) mod fault {
             "recvfrom" => Op::RecvFrom,
             "sendto" => Op::SendTo,
             "accept" => Op::Accept,
+            "epoll_wait" => Op::EpollWait,
             _ => {
                 return Err(pyo3::exceptions::PyValueError::new_err(format!(
                     "unknown syscall {name:?}"
@@ -352,16 +355,16 @@ pub(crate) mod fault {
 }
 
 #[cfg(not(feature = "fault-injection"))]
-mod fault {
+pub(crate) mod fault {
     use super::Op;
 
     #[inline(always)]
-    pub(super) fn errno(_op: Op) -> Option<i32> {
+    pub(crate) fn errno(_op: Op) -> Option<i32> {
         None
     }
 
     #[inline(always)]
-    pub(super) fn partial(_op: Op, len: usize) -> usize {
+    pub(crate) fn partial(_op: Op, len: usize) -> usize {
         len
     }
 }

@@ -13,7 +13,8 @@ return for that call; what asyncio does with it is `selector_events.py`'s code:
 * ENOBUFS on a datagram send: `protocol.error_received(exc)`, the endpoint stays open;
 * EMFILE on `sock_accept`: the OSError is raised from the awaited call.
 
-Not covered here: `epoll_wait` itself (src/event_loop/poller.rs, outside the layer).
+`epoll_wait` (src/event_loop/poller.rs) takes the same plans: EINTR there runs Python's
+signal handlers, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -270,3 +271,28 @@ def test_emfile_on_sock_accept(floop):
     server.close()
     assert isinstance(raised, OSError) and raised.errno == errno.EMFILE
     assert ok
+
+
+def test_eintr_storm_in_epoll_wait(floop):
+    """EINTR from epoll_wait, 2000 times while timers, a stream and callbacks run: each one
+    runs Python's signal handlers and the loop goes on; every timer fires once, the stream
+    is intact."""
+
+    async def main() -> tuple[list[int], bytes, bytes]:
+        loop = asyncio.get_running_loop()
+        transport, sink, peer = await pair()
+        _ferroloop._inject_faults("epoll_wait", errno=errno.EINTR, count=2000)
+        fired: list[int] = []
+        for i in range(50):
+            loop.call_later(0.001 * (i % 10), fired.append, i)
+        out = payload(100_000)
+        transport.write(out)
+        got = await drain_peer(peer, len(out))
+        await asyncio.sleep(0.05)
+        transport.close()
+        peer.close()
+        return fired, out, got
+
+    fired, out, got = floop.run_until_complete(main())
+    assert sorted(fired) == list(range(50))
+    assert got == out

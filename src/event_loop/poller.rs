@@ -109,6 +109,10 @@ impl Poller {
     /// fired. EINTR is returned to the caller, which must run Python's signal handlers.
     pub fn wait(&self, out: &mut Vec<Ready>, timeout_ms: i32) -> io::Result<bool> {
         const MAX_EVENTS: usize = 256;
+        if let Some(errno) = crate::sys::fault::errno(crate::sys::Op::EpollWait) {
+            // An injected fault (test builds only): as if epoll_wait failed with it.
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         // Uninitialised: zeroing 3 KiB on every iteration of a busy loop is measurable.
         let mut raw = [const { MaybeUninit::<libc::epoll_event>::uninit() }; MAX_EVENTS];
         // SAFETY: `raw` is a writable array of MAX_EVENTS epoll_events; the kernel writes at
