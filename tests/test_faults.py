@@ -25,9 +25,8 @@ import hashlib
 import os
 import socket
 
-import pytest
-
 import ferroloop
+import pytest
 from ferroloop import _ferroloop
 
 pytestmark = [
