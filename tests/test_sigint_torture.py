@@ -3,7 +3,8 @@
 SIGINT is delivered many times, at random short delays, to the main thread while one loop
 is busy with a TCP echo over loopback, timers, threads posting ``call_soon_threadsafe`` and
 ``call_soon`` chains.  After every KeyboardInterrupt the loop is resumed (alternately with
-``run_forever`` and ``run_until_complete``); at the end everything is drained and checked.
+``run_forever`` and ``run_until_complete``; one round in three is mostly idle, the loop
+blocked in its poller when the SIGINT comes); at the end everything is drained and checked.
 
 What is asserted (both loops unless said otherwise):
 
@@ -156,6 +157,9 @@ class Torture:
         self.stock = stock
         self.rng = random.Random(seed)
         self.active = True
+        # Idle rounds: chains and the producer wait a little between links, so the loop
+        # spends most of the round blocked in its poller and the SIGINT interrupts the wait.
+        self.idle = False
         self.ids = iter(range(1 << 60))
         self.scheduled: list[tuple[Any, ...]] = []
         self.ran: list[tuple[Any, ...]] = []
@@ -182,7 +186,7 @@ class Torture:
         self.record(cid)
         if self.active:
             nid = ("chain", cid[1], cid[2] + 1)
-            self.loop.call_soon(CHAIN, self, nid)
+            self.next_link(CHAIN, nid)
             self.scheduled.append(nid)
 
     def timer_link(self, cid: tuple[Any, ...]) -> None:
@@ -208,8 +212,16 @@ class Torture:
             self.sent += data
             self.nchunks += 1
         nid = ("produce", 0, cid[2] + 1)
-        self.loop.call_soon(PRODUCE, self, nid)
+        self.next_link(PRODUCE, nid)
         self.scheduled.append(nid)
+
+    def next_link(self, callback: Callable[..., None], nid: tuple[Any, ...]) -> None:
+        if self.idle:
+            delay = self.rng.uniform(0.0005, 0.002)
+            self.loop.call_later(delay, callback, self, nid)
+            self.timer_due = max(self.timer_due, time.monotonic() + delay)
+        else:
+            self.loop.call_soon(callback, self, nid)
 
     def schedule_timer(self, cid: tuple[Any, ...]) -> None:
         delay = self.rng.uniform(0, 0.003)
@@ -416,6 +428,7 @@ def test_sigint_torture(loop_factory: Callable[[], asyncio.AbstractEventLoop], l
         interrupts = 0
         for i in range(INTERRUPTS):
             # SimpleQueue.put is C code: arming cannot itself be cut by the SIGINT it allows.
+            t.idle = i % 3 == 2
             loop.call_soon(armed.put, i)
             try:
                 if i % 2:
