@@ -377,9 +377,9 @@ def test_sigint_torture(loop_factory: Callable[[], asyncio.AbstractEventLoop], l
     # cyclic GC happens to run (seen on 3.13: the previous test's stock loop, collected
     # during this one) never reaches the loop.  Collect first and keep the collector off.
     gc.collect()
-    gc.disable()
     fds_before = _open_fds()
     loop = loop_factory()
+    gc.disable()
     t0 = time.monotonic()
     try:
         t = Torture(loop, stock, seed)
