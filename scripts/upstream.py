@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import re
 import socket
@@ -107,7 +108,9 @@ SUITES: dict[str, Suite] = {
             pytest_args=("-n", "0"),
         ),
         # httpx: the sdist has tests but not the requirements file its repository installs
-        # them from; this list is that file's test part (trio left out: asyncio only).
+        # them from; this list is that file's test part. trio is needed only because its
+        # pytest config's filterwarnings names trio's warning class and tests/concurrency.py
+        # imports it: its tests run on anyio's default backend, asyncio, only.
         Suite(
             "httpx",
             "0.28.1",
@@ -120,8 +123,9 @@ SUITES: dict[str, Suite] = {
                 "chardet",
                 "cryptography",
                 "anyio",
+                "trio",
             ),
-            pytest_args=("-m", "not network", "-p", "anyio"),
+            pytest_args=("-m", "not network"),
         ),
         # websockets: its sdist ships no tests (only src/), so there is nothing to run.
         Suite("websockets", "17.4", tests_in_sdist=False),
@@ -174,7 +178,10 @@ def venv_for(suite: Suite, source: Path, wheel: Path) -> Path:
     minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
     venv = ROOT / f".venv-upstream-{minor}-{suite.name}"
     python = venv / "bin" / "python"
-    marker = venv / f".ready-{suite.version}-{wheel.name}"
+    # Made again when the wheel or what the suite installs changes.
+    installs = repr((suite.version, suite.requirements, suite.groups, suite.uninstall))
+    digest = hashlib.sha256(installs.encode()).hexdigest()[:12]
+    marker = venv / f".ready-{digest}-{wheel.name}"
     if marker.exists():
         return python
     base = getattr(sys, "_base_executable", sys.executable)
@@ -393,6 +400,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown suites {unknown}; known: {list(SUITES)}")
     expected = load_expected()
+    unexpected: list[str] = []
     rows: list[Comparison] = []
     for name in args.suites:
         suite = SUITES[name]
@@ -406,15 +414,17 @@ def main() -> int:
         ferro, ferro_seconds = run_tests(suite, python, source, "ferroloop")
         row = compare(name, stock, ferro)
         row.stock_seconds, row.ferroloop_seconds = stock_seconds, ferro_seconds
+        if not stock or not ferro:
+            row.note = "a run reported no tests (pytest failed to start? see its log)"
+            unexpected.append(f"{name}: no results")
         rows.append(row)
 
-    unexpected: list[str] = []
     report = [
         f"python {sys.version.split()[0]}; versions: "
         + ", ".join(f"{SUITES[r.suite].name} {SUITES[r.suite].version}" for r in rows),
         "",
     ]
-    report += table([r for r in rows if not r.note])
+    report += table([r for r in rows if r.tests])
     for r in rows:
         if r.note:
             report.append(f"\n{r.suite}: {r.note}")
@@ -434,7 +444,10 @@ def main() -> int:
         with args.markdown.open("a") as handle:
             handle.write("\n".join(report) + "\n")
     if unexpected:
-        print(f"\n{len(unexpected)} ferroloop-only failure(s) not in {EXPECTED.relative_to(ROOT)}")
+        print(
+            f"\n{len(unexpected)} problem(s): ferroloop-only failures not in "
+            f"{EXPECTED.relative_to(ROOT)}, or runs with no results"
+        )
         return 1
     return 0
 
