@@ -77,6 +77,8 @@ class Suite:
     # Whole-run limit (seconds) for one pytest run.
     run_timeout: int = 1800
     tests_in_sdist: bool = True
+    # Environment variables for the install and the runs.
+    env: tuple[tuple[str, str], ...] = ()
 
 
 SUITES: dict[str, Suite] = {
@@ -126,6 +128,19 @@ SUITES: dict[str, Suite] = {
                 "trio",
             ),
             pytest_args=("-m", "not network"),
+        ),
+        # aiohttp: its requirements/test.in (the unpinned list its lock file is made from).
+        # AIOHTTP_NO_EXTENSIONS=1: the pure-Python build; the tests import aiohttp from the
+        # unpacked sdist (the rootdir is on sys.path) where no C extension is built anyway.
+        # Its addopts: "--numprocesses=auto" (xdist) -> "-n 0", and coverage -> "--no-cov".
+        # Its own "loop" fixture (aiohttp.pytest_plugin, --aiohttp-loop=pyloop) makes loops
+        # with asyncio.new_event_loop(), hence ferroloop's policy under the plugin.
+        Suite(
+            "aiohttp",
+            "3.14.5",
+            requirements=("-r", "requirements/test.in"),
+            pytest_args=("-n", "0", "--no-cov"),
+            env=(("AIOHTTP_NO_EXTENSIONS", "1"),),
         ),
         # websockets: its sdist ships no tests (only src/), so there is nothing to run.
         Suite("websockets", "17.4", tests_in_sdist=False),
@@ -179,7 +194,7 @@ def venv_for(suite: Suite, source: Path, wheel: Path) -> Path:
     venv = ROOT / f".venv-upstream-{minor}-{suite.name}"
     python = venv / "bin" / "python"
     # Made again when the wheel or what the suite installs changes.
-    installs = repr((suite.version, suite.requirements, suite.groups, suite.uninstall))
+    installs = repr((suite.version, suite.requirements, suite.groups, suite.uninstall, suite.env))
     digest = hashlib.sha256(installs.encode()).hexdigest()[:12]
     marker = venv / f".ready-{digest}-{wheel.name}"
     if marker.exists():
@@ -187,16 +202,17 @@ def venv_for(suite: Suite, source: Path, wheel: Path) -> Path:
     base = getattr(sys, "_base_executable", sys.executable)
     if not python.exists():
         run([base, "-m", "venv", str(venv)])
+    env = {**os.environ, **dict(suite.env)}
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     run([*pip, "--upgrade", "pip"])  # pip 25.1+ for --group
     run([*pip, "--force-reinstall", "--no-deps", str(wheel)])
-    run([*pip, ".", "pytest-timeout"], cwd=source)
+    run([*pip, ".", "pytest-timeout"], cwd=source, env=env)
     for group in suite.groups:
-        run([*pip, "--group", f"pyproject.toml:{group}"], cwd=source)
+        run([*pip, "--group", f"pyproject.toml:{group}"], cwd=source, env=env)
     if suite.requirements:
-        run([*pip, *suite.requirements], cwd=source)
+        run([*pip, *suite.requirements], cwd=source, env=env)
     # The group may pull the package again from PyPI (uvicorn[standard]): the sdist's wins.
-    run([*pip, "--no-deps", "--force-reinstall", "."], cwd=source)
+    run([*pip, "--no-deps", "--force-reinstall", "."], cwd=source, env=env)
     if suite.uninstall:
         run([str(python), "-m", "pip", "uninstall", "--quiet", "-y", *suite.uninstall])
     marker.touch()
@@ -286,7 +302,7 @@ def run_tests(suite: Suite, python: Path, source: Path, loop: str) -> tuple[dict
         cmd += ["-p", "ferroloop.pytest_plugin"]
     log(f"{suite.name} on {loop}: {' '.join(cmd[1:])}")
     started = time.monotonic()
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **dict(suite.env)}
     env.pop("PYTHONPATH", None)
     with log_file.open("w") as handle:
         try:
