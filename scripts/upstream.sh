@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs unmodified upstream test suites (anyio, uvicorn, httpx; see scripts/upstream.py) on stock
+# Runs unmodified upstream test suites (anyio, uvicorn, httpx, aiohttp; see scripts/upstream.py) on stock
 # asyncio and on ferroloop and compares them test by test. Not part of scripts/test.sh (its
 # run time is well past CI's budget).
 #   bash scripts/upstream.sh [SUITE ...] [--markdown FILE]
