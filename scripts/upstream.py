@@ -26,12 +26,13 @@ IPv6-localhost tests (``Suite.no_ipv6_localhost_k``), which fail on both loops t
 
 A test that passes on stock asyncio and fails or errors on ferroloop is a ferroloop-only
 failure. ``tests/upstream-expected.txt`` lists the accepted ones (``suite::test_id  reason``,
-one a line, ``#`` comments); the script exits 1 on any ferroloop-only failure not listed there,
-and prints a table per suite: tests, passed on both, failed on both, ferroloop-only and
+one a line, ``#`` comments); the script exits 1 on any ferroloop-only failure not listed there
+(or a run that reported no tests), and prints a table per suite: tests, passed on both, failed on both, ferroloop-only and
 stock-only failures, skipped (on either side) and missing (in one run only), with run times.
 ``--markdown FILE`` appends the table and the failures to a results file.
 
 Run logs and junit files: ``.cache/upstream/runs/<suite>/{stock,ferroloop}.{log,xml}``.
+Recorded figures and the causes found: ``bench/results/upstream-<date>.md``.
 """
 
 from __future__ import annotations
