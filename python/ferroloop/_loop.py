@@ -17,7 +17,7 @@ import threading
 import traceback
 import warnings
 import weakref
-from asyncio import constants, coroutines, events, format_helpers, futures, tasks
+from asyncio import base_events, constants, coroutines, events, format_helpers, futures, tasks
 from asyncio import timeout as _timeout
 from collections.abc import Callable
 from typing import Any
@@ -64,7 +64,7 @@ def _set_exception_unless_done(fut: asyncio.Future[Any], exc: BaseException) -> 
         fut.set_exception(exc)
 
 
-def _stop_when_done(fut: asyncio.Future[Any]) -> None:
+def _own_stop_when_done(fut: asyncio.Future[Any]) -> None:
     """Done callback of `run_until_complete`: stop the future's loop."""
     if not fut.cancelled():
         exc = fut.exception()
@@ -72,6 +72,12 @@ def _stop_when_done(fut: asyncio.Future[Any]) -> None:
             # run_forever() re-raises these itself; stopping here would swallow them.
             return
     futures._get_loop(fut).stop()
+
+
+# asyncio's own done callback (3.11-3.14 have it, with the code above): libraries find the
+# task `run_until_complete` runs by it (anyio looks for `_run_until_complete_cb` among the
+# task's callbacks to identify its main task).
+_stop_when_done = getattr(base_events, "_run_until_complete_cb", _own_stop_when_done)
 
 
 class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.AbstractEventLoop):
