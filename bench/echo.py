@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+from _machine import cpu_model, loop_versions
+
 HERE = Path(__file__).resolve().parent
 PKG_DIR = HERE / "echo"
 TARGET_DIR = PKG_DIR / "target"
@@ -690,31 +692,6 @@ def target_table(
     return render(headers, rows, markdown)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def loop_versions() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, (module_name, _) in LOOPS.items():
-        if name == "asyncio":
-            out[name] = f"stdlib (Python {platform.python_version()})"
-            continue
-        try:
-            module = importlib.import_module(module_name)
-            out[name] = str(getattr(module, "__version__", "installed"))
-        except ImportError:
-            out[name] = "not installed"
-    return out
-
-
 # --------------------------------------------------------------------------
 # Self-test: the load generator must catch broken servers.
 # --------------------------------------------------------------------------
@@ -828,7 +805,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = [c for c in cells if c.kind != "floor"]
 
     t_start = time.monotonic()
-    versions = loop_versions()
+    versions = loop_versions(LOOPS)
     machine: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),

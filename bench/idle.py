@@ -69,6 +69,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from _machine import cpu_model, loop_versions
+
 HOST = "127.0.0.1"  # loopback only
 HELLO, ACK = b"hi\n", b"ok\n"
 BACKLOG = 1024
@@ -772,30 +774,6 @@ def objects_report(results: list[dict[str, Any]], markdown: bool) -> str:
     return "\n".join(out)
 
 
-def loop_versions() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, (module_name, _) in LOOPS.items():
-        if name == "asyncio":
-            out[name] = f"stdlib (Python {platform.python_version()})"
-            continue
-        try:
-            out[name] = str(getattr(importlib.import_module(module_name), "__version__", "?"))
-        except ImportError:
-            out[name] = "not installed"
-    return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -834,7 +812,7 @@ def main() -> int:
         ap.error(f"N={max(ns)} needs RLIMIT_NOFILE's hard limit (ulimit -Hn, now {hard}) above "
                  f"N + 16")
     rounds = args.rounds or (3 if args.mode == "rss" else 1)
-    versions = loop_versions()
+    versions = loop_versions(LOOPS)
     print(f"# idle connections: asyncio.start_server, one reader task per connection awaiting "
           f"{args.wait}(); mode {args.mode}")
     print(f"# {dt.datetime.now().astimezone():%Y-%m-%dT%H:%M:%S%z}, {os.cpu_count()} CPUs "
