@@ -336,6 +336,16 @@ pub(crate) fn schedule_connection_lost(
     Ok(())
 }
 
+/// Calls `owner._call_connection_lost(None)` now: a closing transport whose queue has just
+/// been sent (asyncio's `_write_ready` / `_sendto_ready` call it directly).
+pub(crate) fn connection_lost_now(this: &NativeTransport, py: Python<'_>) -> PyResult<()> {
+    mark_lost(this, py)?;
+    owner(this, py)?
+        .bind(py)
+        .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
+    Ok(())
+}
+
 /// Counts the connection as lost unless it already is. asyncio counts it only in
 /// `close()` with nothing queued and in `_force_close`; a close that first flushes queued
 /// data leaves its count at 0, so a later write reaches `self._sock.send` on a released

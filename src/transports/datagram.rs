@@ -461,10 +461,7 @@ impl DatagramTransport {
             if closing {
                 // Counted as lost (asyncio does not count it, and a later abort() or
                 // sendto() then fails on the transport's None loop or socket).
-                base::mark_lost(shared, py)?;
-                base::owner(shared, py)?
-                    .bind(py)
-                    .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
+                base::connection_lost_now(shared, py)?;
             }
         }
         Ok(())

@@ -674,11 +674,7 @@ impl StreamTransport {
             if this.kind == Kind::WritePipe {
                 base::watch(slf.as_super(), Direction::Read, false)?;
             }
-            base::mark_lost(shared, py)?;
-            let owner = base::owner(shared, py)?;
-            owner
-                .bind(py)
-                .call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
+            base::connection_lost_now(shared, py)?;
         } else if eof {
             sys::shutdown_write(this.fd).map_err(os_error)?;
         }
