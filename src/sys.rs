@@ -215,6 +215,29 @@ pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// The address family of socket `fd` (`SO_DOMAIN`), or AF_UNSPEC when the kernel does not
+/// say (not a socket). Used once per transport, to count it by kind.
+pub(crate) fn socket_domain(fd: RawFd) -> libc::c_int {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `domain` and `len` are live locals of the sizes given; the kernel writes at
+    // most `len` bytes into `domain` and reports a bad fd through the return value.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        domain
+    } else {
+        libc::AF_UNSPEC
+    }
+}
+
 /// Asks the kernel to grow a pipe's buffer to `size` bytes (`F_SETPIPE_SZ`). Best effort:
 /// a failure (not a pipe, the user's limit reached) leaves the pipe as it was.
 pub(crate) fn try_set_pipe_size(fd: RawFd, size: libc::c_int) {

@@ -681,9 +681,7 @@ def test_socket_subclass_methods_are_called(loop, connected):
                 if not got.done():
                     got.set_result(None)
 
-        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            Proto, sock=sock
-        )
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Proto, sock=sock)
         if connected:
             transport.sendto(b"ping")
         else:

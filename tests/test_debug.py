@@ -13,9 +13,7 @@ import time
 
 import pytest
 
-NON_THREADSAFE = (
-    "Non-thread-safe operation invoked on an event loop other than the current one"
-)
+NON_THREADSAFE = "Non-thread-safe operation invoked on an event loop other than the current one"
 
 
 def run_briefly(loop):
@@ -36,11 +34,7 @@ async def coro_func():
 
 
 def asyncio_messages(caplog, level):
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "asyncio" and r.levelno == level
-    ]
+    return [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno == level]
 
 
 # --- switches -------------------------------------------------------------------------
@@ -76,11 +70,7 @@ MAKE_LOOP = {
 def test_debug_from_environment(request, loop_kind, env, flags, expected):
     if loop_kind == "ferroloop":
         request.getfixturevalue("ferroloop")  # fails clearly if it cannot be imported
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE")
-    }
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE")}
     code = MAKE_LOOP[loop_kind] + "; print(loop.get_debug()); loop.close()"
     out = subprocess.run(
         [sys.executable, *flags, "-c", code],
@@ -133,9 +123,9 @@ def test_slow_task_step_is_logged_in_debug(loop, caplog):
 
     loop.run_until_complete(slow_coroutine())
     warnings = asyncio_messages(caplog, logging.WARNING)
-    assert any(
-        "Executing" in w and "slow_coroutine" in w and "took" in w for w in warnings
-    ), warnings
+    assert any("Executing" in w and "slow_coroutine" in w and "took" in w for w in warnings), (
+        warnings
+    )
 
 
 @pytest.mark.timeout(10)

@@ -20,9 +20,7 @@ def failing_callback(arg):
 
 
 def asyncio_errors(caplog):
-    return [
-        r for r in caplog.records if r.name == "asyncio" and r.levelno == logging.ERROR
-    ]
+    return [r for r in caplog.records if r.name == "asyncio" and r.levelno == logging.ERROR]
 
 
 # --- handler API ----------------------------------------------------------------------
@@ -113,9 +111,7 @@ def test_exception_in_callback_logged_without_handler(loop, caplog):
     assert "Exception in callback" in records[0].getMessage()
     assert "failing_callback" in records[0].getMessage()
     assert records[0].exc_info[0] is ZeroDivisionError
-    assert (
-        "in failing_callback" in caplog.text
-    )  # the logged traceback shows the callback
+    assert "in failing_callback" in caplog.text  # the logged traceback shows the callback
 
 
 def test_handler_that_raises_is_logged(loop, caplog):
@@ -141,9 +137,7 @@ def test_default_exception_handler_logs_context(loop, caplog):
     try:
         raise KeyError("k")
     except KeyError as exc:
-        loop.default_exception_handler(
-            {"message": "my message", "exception": exc, "extra": 5}
-        )
+        loop.default_exception_handler({"message": "my message", "exception": exc, "extra": 5})
     records = asyncio_errors(caplog)
     assert len(records) == 1
     msg = records[0].getMessage()
@@ -237,9 +231,7 @@ def test_exception_state_cleared_after_failing_callback(loop):
 
 def test_exception_handler_may_schedule_callbacks(loop):
     calls = []
-    loop.set_exception_handler(
-        lambda lp, ctx: lp.call_soon(calls.append, "from handler")
-    )
+    loop.set_exception_handler(lambda lp, ctx: lp.call_soon(calls.append, "from handler"))
     loop.call_soon(failing_callback, 9)
     run_briefly(loop)
     run_briefly(loop)

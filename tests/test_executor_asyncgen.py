@@ -38,9 +38,7 @@ def test_run_in_executor_exception(loop):
 
 def test_run_in_executor_many(loop):
     async def main():
-        return await asyncio.gather(
-            *(loop.run_in_executor(None, pow, i, 2) for i in range(50))
-        )
+        return await asyncio.gather(*(loop.run_in_executor(None, pow, i, 2) for i in range(50)))
 
     assert loop.run_until_complete(main()) == [i * i for i in range(50)]
 

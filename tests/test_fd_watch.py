@@ -64,9 +64,7 @@ def run_until(loop, predicate, timeout=5.0):
 @pytest.mark.parametrize("as_", ["socket", "int", "fileno_object"])
 def test_add_reader_socket(loop, sockpair, as_):
     a, b = sockpair
-    target = {"socket": a, "int": a.fileno(), "fileno_object": FilenoOnly(a.fileno())}[
-        as_
-    ]
+    target = {"socket": a, "int": a.fileno(), "fileno_object": FilenoOnly(a.fileno())}[as_]
     got = []
 
     def on_readable(tag):
@@ -366,9 +364,7 @@ def test_many_readers(loop):
 @pytest.mark.parametrize("as_", ["socket", "int", "fileno_object"])
 def test_add_writer(loop, sockpair, as_):
     a, b = sockpair
-    target = {"socket": a, "int": a.fileno(), "fileno_object": FilenoOnly(a.fileno())}[
-        as_
-    ]
+    target = {"socket": a, "int": a.fileno(), "fileno_object": FilenoOnly(a.fileno())}[as_]
     calls = []
 
     def on_writable(tag):
@@ -474,9 +470,7 @@ def test_remove_absent_returns_false(loop, sockpair):
     assert loop.remove_reader(a) is True
 
 
-@pytest.mark.parametrize(
-    "method", ["add_reader", "add_writer", "remove_reader", "remove_writer"]
-)
+@pytest.mark.parametrize("method", ["add_reader", "add_writer", "remove_reader", "remove_writer"])
 @pytest.mark.parametrize(
     "bad",
     [-1, "abc", 1.5, None, object()],

@@ -198,9 +198,7 @@ def test_buffered_protocol(loop):
 
     async def main():
         server = await loop.create_server(Echo, "127.0.0.1", 0)
-        transport, proto = await loop.create_connection(
-            Buffered, *server.sockets[0].getsockname()
-        )
+        transport, proto = await loop.create_connection(Buffered, *server.sockets[0].getsockname())
         transport.write(b"x" * 1000)
         transport.write_eof()
         await proto.done
@@ -214,9 +212,7 @@ def test_buffered_protocol(loop):
 def test_set_protocol_switches_receiver(loop):
     async def main():
         server = await loop.create_server(Echo, "127.0.0.1", 0)
-        transport, first = await loop.create_connection(
-            Recorder, *server.sockets[0].getsockname()
-        )
+        transport, first = await loop.create_connection(Recorder, *server.sockets[0].getsockname())
         second = Recorder()
         transport.set_protocol(second)
         assert transport.get_protocol() is second
@@ -569,7 +565,8 @@ def test_many_connections_leave_no_transport_or_memory_behind(loop, rss_bytes):
 
     def live_transports() -> int:
         return sum(
-            1 for o in gc.get_objects()
+            1
+            for o in gc.get_objects()
             if isinstance(o, asyncio.BaseTransport) and not isinstance(o, asyncio.Server)
         )
 

@@ -172,15 +172,9 @@ def test_run_inside_running_loop_raises(ferroloop, outer):
         finally:
             coro.close()
 
-    loop = (
-        asyncio.SelectorEventLoop()
-        if outer == "outer_stock"
-        else ferroloop.new_event_loop()
-    )
+    loop = asyncio.SelectorEventLoop() if outer == "outer_stock" else ferroloop.new_event_loop()
     try:
-        with pytest.raises(
-            RuntimeError, match="cannot be called from a running event loop"
-        ):
+        with pytest.raises(RuntimeError, match="cannot be called from a running event loop"):
             loop.run_until_complete(main())
     finally:
         loop.close()
@@ -242,8 +236,7 @@ def probe_output(proc):
     data = json.loads(proc.stdout)
     loops = {key: data.pop(key) for key in ("running_loop", "new_event_loop")}
     uses_ferroloop = {
-        key: any(name.startswith("ferroloop") for name in mro)
-        for key, mro in loops.items()
+        key: any(name.startswith("ferroloop") for name in mro) for key, mro in loops.items()
     }
     return data, uses_ferroloop
 
@@ -266,9 +259,7 @@ def project(tmp_path):
 def test_cli_script_matches_plain_python(ferroloop, project):
     app, elsewhere = project
     script = str(app / "script.py")
-    plain, plain_loops = probe_output(
-        python(script, "a", "-m", "--flag", cwd=elsewhere)
-    )
+    plain, plain_loops = probe_output(python(script, "a", "-m", "--flag", cwd=elsewhere))
     ours, our_loops = probe_output(
         python("-m", "ferroloop", script, "a", "-m", "--flag", cwd=elsewhere)
     )
@@ -292,9 +283,7 @@ def test_cli_relative_script_path(ferroloop, project):
 def test_cli_module_matches_plain_python(ferroloop, project, module):
     app, _ = project
     plain, _ = probe_output(python("-m", module, "a", "b", cwd=app))
-    ours, our_loops = probe_output(
-        python("-m", "ferroloop", "-m", module, "a", "b", cwd=app)
-    )
+    ours, our_loops = probe_output(python("-m", "ferroloop", "-m", module, "a", "b", cwd=app))
     assert ours == plain
     assert ours["argv"][1:] == ["a", "b"]
     assert ours["name"] == "__main__"

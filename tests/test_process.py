@@ -19,7 +19,9 @@ PY = sys.executable
 def test_exec_communicate_and_exit_code(loop):
     async def main():
         proc = await asyncio.create_subprocess_exec(
-            PY, "-c", "import sys; d = sys.stdin.buffer.read(); sys.stdout.buffer.write(d[::-1]);"
+            PY,
+            "-c",
+            "import sys; d = sys.stdin.buffer.read(); sys.stdout.buffer.write(d[::-1]);"
             " sys.stderr.write('err'); sys.exit(3)",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -57,7 +59,9 @@ def test_child_killed_by_signal(loop):
 def test_child_closes_stdout_early(loop):
     async def main():
         proc = await asyncio.create_subprocess_exec(
-            PY, "-c", "import os, time; os.close(1); time.sleep(0.2)",
+            PY,
+            "-c",
+            "import os, time; os.close(1); time.sleep(0.2)",
             stdout=asyncio.subprocess.PIPE,
         )
         data = await proc.stdout.read()
@@ -71,8 +75,11 @@ def test_stdin_drain_to_slow_child(loop):
 
     async def main():
         proc = await asyncio.create_subprocess_exec(
-            PY, "-c", "import sys, time; time.sleep(0.2); print(len(sys.stdin.buffer.read()))",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            PY,
+            "-c",
+            "import sys, time; time.sleep(0.2); print(len(sys.stdin.buffer.read()))",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         proc.stdin.write(payload)
         await proc.stdin.drain()
@@ -151,7 +158,7 @@ def test_bulk_transfer_through_pipe_transports(loop):
         write_t, _ = await loop.connect_write_pipe(asyncio.Protocol, wfile)
         view = memoryview(payload)
         for start in range(0, len(payload), 1 << 20):
-            write_t.write(view[start:start + (1 << 20)])
+            write_t.write(view[start : start + (1 << 20)])
             while write_t.get_write_buffer_size() > 4 << 20:
                 await asyncio.sleep(0.001)
         capacity = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
@@ -373,7 +380,9 @@ def test_thousand_concurrent_processes_no_zombie_no_fd_left(loop):
 def test_child_ignoring_sigterm_is_killed(loop):
     async def main() -> tuple[int | None, int]:
         proc = await asyncio.create_subprocess_exec(
-            PY, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+            PY,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
             " print('ready', flush=True); time.sleep(30)",
             stdout=asyncio.subprocess.PIPE,
         )
@@ -1020,7 +1029,8 @@ def test_create_server_reuse_port_in_several_processes(loop_kind, tmp_path):
     servers = [
         subprocess.Popen(
             [*runner, str(script), str(port), f"server{i}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         for i in range(3)
     ]

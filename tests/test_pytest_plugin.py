@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = [pytest.mark.ferroloop_only, pytest.mark.timeout(120)]
 
-SUITE = '''
+SUITE = """
 import asyncio
 import unittest
 
@@ -52,17 +52,26 @@ def test_asyncio_run():
         return loop_kind()
 
     assert asyncio.run(main()) == EXPECTED
-'''
+"""
 
 
 def run_suite(tmp_path: Path, expected: str, *options: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "test_suite.py").write_text(
-        f"EXPECTED = {expected!r}\n" + textwrap.dedent(SUITE)
-    )
+    (tmp_path / "test_suite.py").write_text(f"EXPECTED = {expected!r}\n" + textwrap.dedent(SUITE))
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options,
-         str(tmp_path / "test_suite.py")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=100,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *options,
+            str(tmp_path / "test_suite.py"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=100,
     )
 
 

@@ -81,9 +81,7 @@ def test_run_until_complete_future_from_other_loop(loop, make_loop):
 
 def test_run_until_complete_stopped_before_done(loop):
     loop.call_soon(loop.stop)
-    with pytest.raises(
-        RuntimeError, match="Event loop stopped before Future completed"
-    ):
+    with pytest.raises(RuntimeError, match="Event loop stopped before Future completed"):
         loop.run_until_complete(loop.create_future())
 
 
@@ -396,9 +394,7 @@ def test_sigint_while_waiting_raises_keyboard_interrupt(loop):
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         loop.call_later(30, loop.stop)
-        threading.Timer(
-            0.1, signal.pthread_kill, (threading.get_ident(), signal.SIGINT)
-        ).start()
+        threading.Timer(0.1, signal.pthread_kill, (threading.get_ident(), signal.SIGINT)).start()
         t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             loop.run_forever()
@@ -420,9 +416,7 @@ def test_python_signal_handler_runs_while_waiting(loop):
     old = signal.signal(signal.SIGUSR1, handler)
     try:
         loop.call_later(30, loop.stop)
-        threading.Timer(
-            0.1, signal.pthread_kill, (threading.get_ident(), signal.SIGUSR1)
-        ).start()
+        threading.Timer(0.1, signal.pthread_kill, (threading.get_ident(), signal.SIGUSR1)).start()
         t0 = time.monotonic()
         loop.run_forever()
         assert time.monotonic() - t0 < 2
@@ -446,9 +440,7 @@ def test_ctrl_c_in_runner_cancels_main_task(loop_factory):
 
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        threading.Timer(
-            0.1, signal.pthread_kill, (threading.get_ident(), signal.SIGINT)
-        ).start()
+        threading.Timer(0.1, signal.pthread_kill, (threading.get_ident(), signal.SIGINT)).start()
         t0 = time.monotonic()
         with (
             asyncio.Runner(loop_factory=loop_factory) as runner,
@@ -523,9 +515,7 @@ def test_loops_in_several_threads(make_loop):
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
-    threads = [
-        threading.Thread(target=thread_main, args=(i,)) for i in range(len(loops))
-    ]
+    threads = [threading.Thread(target=thread_main, args=(i,)) for i in range(len(loops))]
     for t in threads:
         t.start()
     for t in threads:
@@ -586,7 +576,5 @@ def test_new_loop_in_forked_child(request, loop_kind):
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["child timer", "child done", "parent 0"], (
-        proc.stderr
-    )
+    assert proc.stdout.splitlines() == ["child timer", "child done", "parent 0"], proc.stderr
     assert "Traceback" not in proc.stderr

@@ -188,9 +188,7 @@ def test_call_later_args_and_context(loop):
     ctx.run(var.set, "in ctx")
     calls = []
     # 50 ms apart, so a busy machine cannot reorder them (each is due at its own `when`).
-    loop.call_later(
-        0.05, lambda a, b: calls.append((a, b, var.get())), 1, 2, context=ctx
-    )
+    loop.call_later(0.05, lambda a, b: calls.append((a, b, var.get())), 1, 2, context=ctx)
     loop.call_at(loop.time(), lambda a: calls.append((a, var.get())), 3, context=ctx)
     loop.call_later(0.1, loop.stop)
     loop.run_forever()
@@ -221,9 +219,7 @@ def test_call_later_is_relative_to_now_not_iteration_start(loop):
     def blocker():
         time.sleep(0.1)
         scheduled = time.monotonic()
-        loop.call_later(
-            0.05, lambda: (fired.append(time.monotonic() - scheduled), loop.stop())
-        )
+        loop.call_later(0.05, lambda: (fired.append(time.monotonic() - scheduled), loop.stop()))
 
     loop.call_soon(blocker)
     loop.run_forever()
@@ -244,9 +240,7 @@ def test_time_advances_inside_blocking_callback(loop):
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.parametrize(
-    "wait_on", ["timer", "timer_and_idle_fd", "nothing_until_woken"]
-)
+@pytest.mark.parametrize("wait_on", ["timer", "timer_and_idle_fd", "nothing_until_woken"])
 def test_waiting_does_not_busy_loop(loop, wait_on):
     """While it waits the loop sleeps in the kernel: almost no CPU is used."""
     a, b = socket.socketpair()
@@ -422,9 +416,7 @@ def test_scheduling_from_finalizers(loop):
     loop.call_soon(my_callback, Payload("cancelled")).cancel()
     loop.call_later(100, my_callback, Payload("timer cancelled")).cancel()
     for i in range(200):  # enough cancelled timers to trigger a purge
-        loop.call_later(
-            100, my_callback, Payload("purged") if i == 0 else None
-        ).cancel()
+        loop.call_later(100, my_callback, Payload("purged") if i == 0 else None).cancel()
     a, b = socket.socketpair()
     try:
         loop.add_reader(a, my_callback, Payload("replaced reader"))

@@ -29,9 +29,7 @@ def test_create_future_is_exact_future_type(loop):
 def test_future_callbacks_run_on_loop(loop):
     fut = loop.create_future()
     seen = []
-    fut.add_done_callback(
-        lambda f: seen.append((f.result(), asyncio.get_running_loop()))
-    )
+    fut.add_done_callback(lambda f: seen.append((f.result(), asyncio.get_running_loop())))
     loop.call_soon(fut.set_result, "r")
     loop.run_until_complete(fut)
     loop.run_until_complete(asyncio.sleep(0))
@@ -184,9 +182,7 @@ def test_wait_first_completed(loop):
     async def main():
         slow = asyncio.ensure_future(value_after(5, "slow"))
         fast = asyncio.ensure_future(value_after(0.01, "fast"))
-        done, pending = await asyncio.wait(
-            {slow, fast}, return_when=asyncio.FIRST_COMPLETED
-        )
+        done, pending = await asyncio.wait({slow, fast}, return_when=asyncio.FIRST_COMPLETED)
         slow.cancel()
         return done == {fast}, pending == {slow}
 

@@ -51,7 +51,10 @@ APP = textwrap.dedent(
     """
 )
 
-LOOPS = {"asyncio": ("asyncio", "asyncio."), "ferroloop": ("ferroloop:new_event_loop", "ferroloop.")}
+LOOPS = {
+    "asyncio": ("asyncio", "asyncio."),
+    "ferroloop": ("ferroloop:new_event_loop", "ferroloop."),
+}
 
 
 def free_port() -> int:
@@ -64,8 +67,23 @@ def start_uvicorn(tmp_path, loop_setting: str, *extra: str) -> tuple[subprocess.
     (tmp_path / "asgi_app.py").write_text(APP)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "asgi_app:app", "--host", "127.0.0.1", "--port",
-         str(port), "--loop", loop_setting, "--http", "httptools", "--lifespan", "on", *extra],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "asgi_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            loop_setting,
+            "--http",
+            "httptools",
+            "--lifespan",
+            "on",
+            *extra,
+        ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

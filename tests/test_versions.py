@@ -195,11 +195,12 @@ def test_subprocesses_emit_no_child_watcher_deprecation(tmp_path):
     )
     out = subprocess.run(
         [PY, "-W", "error::DeprecationWarning", str(script)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
-
 
 
 @pytest.mark.timeout(60)
@@ -236,6 +237,7 @@ def test_inactive_explicit_child_watcher_is_called_as_the_version_calls_it(loop)
     assert calls == [
         mock.call.__enter__(), asked, mock.call.__exit__(RuntimeError, mock.ANY, mock.ANY)
     ]  # fmt: skip
+
 
 # --- 3.13 ------------------------------------------------------------------------------
 

@@ -10,10 +10,12 @@ async generator hooks, debug-mode bookkeeping. Semantics are CPython 3.11's
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import sys
 import threading
+import time
 import traceback
 import warnings
 import weakref
@@ -22,6 +24,7 @@ from asyncio import timeout as _timeout
 from collections.abc import Callable
 from typing import Any
 
+from . import metrics as _metrics
 from ._ferroloop import LoopCore
 from ._helpers import format_handle
 from ._net import NetworkingMixin
@@ -92,6 +95,11 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth: int | None = None
         self._old_agen_hooks: Any = None
+        self._recent_slow_callbacks: collections.deque[_metrics.SlowCallback] = collections.deque(
+            maxlen=_metrics.RECENT_SLOW_CALLBACKS
+        )
+        self._watchdog: _metrics.SlowCallbackWatchdog | None = None
+        self._set_metrics_level(_metrics.default_level())
         self._init_networking()
         self.set_debug(coroutines._is_debug_mode())
         # A subclass with its own clock: timers follow it, as asyncio's follow `self.time()`.
@@ -170,9 +178,11 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
             finalizer=self._asyncgen_finalizer_hook,
         )
         events._set_running_loop(self)
+        self._sync_watchdog()
 
     def _run_forever_cleanup(self) -> None:
         """Everything run_forever() does after it stops (3.13's counterpart of the above)."""
+        self._stop_watchdog()
         self._set_running_thread(False)
         events._set_running_loop(None)
         self._set_coroutine_origin_tracking(False)
@@ -234,6 +244,7 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
         self._set_debug_flag(bool(enabled))
         if self.is_running():
             self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
+            self.call_soon_threadsafe(self._sync_watchdog)
 
     def _set_coroutine_origin_tracking(self, enabled: bool) -> None:
         if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
@@ -242,12 +253,70 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
             self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
             sys.set_coroutine_origin_tracking_depth(constants.DEBUG_STACK_DEPTH)
         else:
-            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth or 0)
+            sys.set_coroutine_origin_tracking_depth(
+                self._coroutine_origin_tracking_saved_depth or 0
+            )
         self._coroutine_origin_tracking_enabled = enabled
 
-    def _log_slow_callback(self, handle: Any, seconds: float) -> None:
-        """Called by the core in debug mode for a callback slower than slow_callback_duration."""
-        logger.warning("Executing %s took %.3f seconds", format_handle(handle), seconds)
+    # ---------------------------------------------------------------- metrics
+
+    def metrics(self) -> _metrics.LoopMetrics:
+        """A snapshot of what the loop measured (`ferroloop.metrics.LoopMetrics`). Cheap,
+        and safe to call from any thread, also while the loop is blocked in a callback."""
+        return _metrics.snapshot(self, tuple(self._recent_slow_callbacks))
+
+    def get_metrics_level(self) -> str:
+        """``"off"``, ``"loop"`` or ``"callbacks"`` (see `ferroloop.metrics`)."""
+        return self._get_metrics_level()
+
+    def set_metrics_level(self, level: str) -> None:
+        """How much the loop measures: ``"off"``, ``"loop"`` (the default) or
+        ``"callbacks"`` (see `ferroloop.metrics`). Raises ValueError for another value and
+        TypeError for a non-str. Counters keep their values across changes."""
+        if not isinstance(level, str):
+            raise TypeError(f"metrics level must be a str, not {type(level).__name__}")
+        self._set_metrics_level(level)
+        if self.is_running():
+            self.call_soon_threadsafe(self._sync_watchdog)
+
+    def _times_callbacks(self) -> bool:
+        return self.get_debug() or self._get_metrics_level() == "callbacks"
+
+    def _sync_watchdog(self) -> None:
+        """Runs the slow-callback watchdog while the loop runs and times callbacks."""
+        wanted = self.is_running() and self._times_callbacks()
+        if wanted and self._watchdog is None:
+            self._watchdog = _metrics.SlowCallbackWatchdog(self, threading.get_ident())
+            self._watchdog.start()
+        elif not wanted:
+            self._stop_watchdog()
+
+    def _stop_watchdog(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.stop()
+
+    def _on_slow_callback(self, handle: Any, seconds: float, seq: int) -> None:
+        """Called by the core for a callback that ran at least slow_callback_duration
+        (debug mode, or metrics level "callbacks"): records it, and logs asyncio's warning
+        with the line the loop was blocked at."""
+        try:
+            watchdog = self._watchdog
+            stack = watchdog.take_sample(seq) if watchdog is not None else None
+            text = format_handle(handle)
+            record = _metrics.describe_slow_callback(handle, text, seconds, time.monotonic(), stack)
+        except Exception:  # never let reporting break the loop
+            logger.exception("ferroloop: recording a slow callback failed")
+            return
+        if self._get_metrics_level() != "off":
+            self._recent_slow_callbacks.append(record)
+        if record.stack:
+            where = f"; blocked at {record.location}"
+        elif record.location is not None:
+            where = f"; the task is now at {record.location}"
+        else:
+            where = ""
+        logger.warning("Executing %s took %.3f seconds%s", text, seconds, where)
 
     # ------------------------------------------------------------- exceptions
 
@@ -378,8 +447,7 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
                 await done
         except TimeoutError:
             warnings.warn(
-                "The executor did not finishing joining "
-                f"its threads within {timeout} seconds.",
+                f"The executor did not finishing joining its threads within {timeout} seconds.",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -95,28 +95,50 @@ BORROWED_NAMES = frozenset(name for _, names in _BORROWED for name in names)
 
 
 def _make_socket_transport(
-    self: Any, sock: Any, protocol: Any, waiter: Any = None, *, extra: Any = None,
+    self: Any,
+    sock: Any,
+    protocol: Any,
+    waiter: Any = None,
+    *,
+    extra: Any = None,
     server: Any = None,
 ) -> SocketTransport:
     return SocketTransport(self, sock, protocol, waiter, extra, server)
 
 
 def _make_datagram_transport(
-    self: Any, sock: Any, protocol: Any, address: Any = None, waiter: Any = None,
+    self: Any,
+    sock: Any,
+    protocol: Any,
+    address: Any = None,
+    waiter: Any = None,
     extra: Any = None,
 ) -> DatagramTransport:
     return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
 
 def _make_ssl_transport(
-    self: Any, rawsock: Any, protocol: Any, sslcontext: Any, waiter: Any = None, *,
-    server_side: bool = False, server_hostname: Any = None, extra: Any = None,
-    server: Any = None, ssl_handshake_timeout: Any = constants.SSL_HANDSHAKE_TIMEOUT,
+    self: Any,
+    rawsock: Any,
+    protocol: Any,
+    sslcontext: Any,
+    waiter: Any = None,
+    *,
+    server_side: bool = False,
+    server_hostname: Any = None,
+    extra: Any = None,
+    server: Any = None,
+    ssl_handshake_timeout: Any = constants.SSL_HANDSHAKE_TIMEOUT,
     ssl_shutdown_timeout: Any = constants.SSL_SHUTDOWN_TIMEOUT,
 ) -> Any:
     """asyncio's SSL wiring (an `SSLProtocol` over a plain socket transport), over ours."""
     ssl_protocol = sslproto.SSLProtocol(
-        self, protocol, sslcontext, waiter, server_side, server_hostname,
+        self,
+        protocol,
+        sslcontext,
+        waiter,
+        server_side,
+        server_hostname,
         ssl_handshake_timeout=ssl_handshake_timeout,
         ssl_shutdown_timeout=ssl_shutdown_timeout,
     )

@@ -128,7 +128,9 @@ def _reap_orphan(loop: Any, pid: int) -> None:
     returncode = _wait_blocking(pid)
     logger.warning(
         "Loop %r that handles pid %r is closed (the child exited with returncode %r)",
-        loop, pid, returncode,
+        loop,
+        pid,
+        returncode,
     )
 
 
@@ -216,8 +218,16 @@ class ProcessMixin:
     _child_watches_owner = 0
 
     async def _make_subprocess_transport(
-        self, protocol: Any, args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any,
-        bufsize: int, extra: Any = None, **kwargs: Any,
+        self,
+        protocol: Any,
+        args: Any,
+        shell: bool,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        bufsize: int,
+        extra: Any = None,
+        **kwargs: Any,
     ) -> Any:
         if _explicit_child_watcher() is None:
             return await self._start_subprocess(
@@ -240,8 +250,17 @@ class ProcessMixin:
             )
 
     async def _start_subprocess(
-        self, watcher: Any, protocol: Any, args: Any, shell: bool, stdin: Any, stdout: Any,
-        stderr: Any, bufsize: int, extra: Any, kwargs: dict[str, Any],
+        self,
+        watcher: Any,
+        protocol: Any,
+        args: Any,
+        shell: bool,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        bufsize: int,
+        extra: Any,
+        kwargs: dict[str, Any],
     ) -> Any:
         waiter = self.create_future()
         transp = SubprocessTransport(
@@ -362,5 +381,6 @@ class ProcessMixin:
             elif self.get_debug():
                 logger.debug(
                     "process %s exited with returncode %s (reaped as the loop closed)",
-                    pid, returncode,
+                    pid,
+                    returncode,
                 )

@@ -82,7 +82,13 @@ class SocketMixin:
     # ----------------------------------------------------------- resolution
 
     async def getaddrinfo(
-        self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0,
+        self,
+        host: Any,
+        port: Any,
+        *,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
         flags: int = 0,
     ) -> list[Any]:
         """`socket.getaddrinfo` off the loop thread; IP literals (which need no name
@@ -209,7 +215,7 @@ class SocketMixin:
         if fut.done():
             return
         try:
-            sent = sock.send(view[pos[0]:])
+            sent = sock.send(view[pos[0] :])
         except _BLOCKING:
             return
         except (SystemExit, KeyboardInterrupt):

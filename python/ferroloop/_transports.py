@@ -379,7 +379,6 @@ class SocketTransport(
                 waiter.set_exception(ConnectionError("Connection is closed by peer"))
 
 
-
 def _check_pipe(pipe: Any, allowed: tuple[Any, ...], message: str) -> int:
     fileno = pipe.fileno()
     mode = os.fstat(fileno).st_mode
@@ -469,8 +468,9 @@ class ReadPipeTransport(_PipeStream, transports.ReadTransport):
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
 
-class WritePipeTransport(_WritingStream, _PipeStream, transports._FlowControlMixin,
-                         transports.WriteTransport):
+class WritePipeTransport(
+    _WritingStream, _PipeStream, transports._FlowControlMixin, transports.WriteTransport
+):
     """The write end of a pipe, a socket or a character device."""
 
     _bound = ("is_closing", "_force_close") + _WRITING

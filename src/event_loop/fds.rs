@@ -334,10 +334,12 @@ impl LoopCore {
         }
     }
 
+    /// `ready_at`: when the fds were found ready (for the lag histogram; 0 if not timed).
     pub(super) fn queue_io_callbacks(
         &self,
         py: Python<'_>,
         mut events: Vec<Ready>,
+        ready_at: f64,
     ) -> PyResult<()> {
         let mut stale: Vec<(RawFd, Direction)> = Vec::new();
         {
@@ -356,7 +358,10 @@ impl LoopCore {
                     if handle.get().is_cancelled() {
                         stale.push((ev.fd, dir));
                     } else {
-                        ready.push_back(handle.clone_ref(py));
+                        ready.push_back(super::Queued {
+                            handle: handle.clone_ref(py),
+                            ready_at,
+                        });
                     }
                 }
             }

@@ -13,6 +13,7 @@ mod clock;
 pub mod fast_call;
 pub(crate) mod fds;
 mod fork;
+pub(crate) mod metrics;
 mod poller;
 mod run;
 mod timers;
@@ -36,10 +37,17 @@ use fds::{Direction, Watchers};
 use poller::{Poller, Ready};
 use timers::Timers;
 
+/// A handle in the ready queue, and when it became ready (monotonic seconds; 0 unless the
+/// loop times callbacks, see `metrics::Level::Callbacks`).
+struct Queued {
+    handle: Py<Handle>,
+    ready_at: f64,
+}
+
 /// Mutable loop state, touched only with the GIL held (see `GilCell`).
 #[derive(Default)]
 struct State {
-    ready: VecDeque<Py<Handle>>,
+    ready: VecDeque<Queued>,
     timers: Timers,
     fds: HashMap<RawFd, Watchers>,
     /// Fds registered edge-triggered for the `sock_*` operations, kept registered between
@@ -90,6 +98,12 @@ pub struct LoopCore {
     fork_generation: u64,
     /// What the native `sock_*` operations look up once per loop.
     sock_refs: crate::sock_ops::SockRefs,
+    /// The run loop's counters (`loop.metrics()`).
+    stats: metrics::LoopStats,
+    /// The native transports' counters, shared with each transport.
+    io_stats: Arc<metrics::IoStats>,
+    /// `time.monotonic()` when the loop was made.
+    created: f64,
 }
 
 fn closed_error() -> PyErr {
@@ -315,11 +329,27 @@ impl LoopCore {
 
     fn schedule_soon(&self, py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
         let handle = new_tracked(py, handle)?;
-        self.state
-            .borrow_mut(py)?
-            .ready
-            .push_back(handle.clone_ref(py));
+        let ready_at = self.ready_stamp();
+        self.state.borrow_mut(py)?.ready.push_back(Queued {
+            handle: handle.clone_ref(py),
+            ready_at,
+        });
         Ok(handle)
+    }
+
+    /// When a callback queued now became ready: the clock, if the loop times callbacks.
+    #[inline]
+    fn ready_stamp(&self) -> f64 {
+        if self.stats.level() == metrics::Level::Callbacks {
+            clock::monotonic()
+        } else {
+            0.0
+        }
+    }
+
+    /// The counters the native transports of this loop add to.
+    pub(crate) fn io_stats(&self) -> &Arc<metrics::IoStats> {
+        &self.io_stats
     }
 
     fn schedule_at(
@@ -435,8 +465,8 @@ impl LoopCore {
         let Some(st) = self.state.borrow_for_traverse() else {
             return Ok(());
         };
-        for h in &st.ready {
-            visit.call(h)?;
+        for q in &st.ready {
+            visit.call(&q.handle)?;
         }
         for e in st.timers.iter() {
             visit.call(&e.handle)?;
@@ -511,6 +541,9 @@ impl LoopCore {
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
             fork_generation: fork::generation(),
             sock_refs: crate::sock_ops::SockRefs::new(py)?,
+            stats: metrics::LoopStats::new(metrics::Level::Loop),
+            io_stats: Arc::new(metrics::IoStats::default()),
+            created: clock::monotonic(),
         })
     }
 
@@ -597,6 +630,83 @@ impl LoopCore {
     /// Number of callbacks waiting in the ready queue.
     fn _ready_count(&self, py: Python<'_>) -> PyResult<usize> {
         Ok(self.state.borrow(py)?.ready.len())
+    }
+
+    /// The metrics level: "off", "loop" or "callbacks" (see `ferroloop.metrics`).
+    fn _get_metrics_level(&self) -> &'static str {
+        self.stats.level().name()
+    }
+
+    /// Sets the metrics level; ValueError for an unknown name.
+    fn _set_metrics_level(&self, level: &str) -> PyResult<()> {
+        let level = metrics::Level::parse(level).ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "metrics level must be 'off', 'loop' or 'callbacks', not {level:?}"
+            ))
+        })?;
+        self.stats.set_level(level);
+        Ok(())
+    }
+
+    /// The native counters as a dict (`ferroloop.metrics.LoopMetrics` is made from it).
+    /// Safe to call from any thread: it reads only atomics.
+    fn _metrics_native<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let now = clock::monotonic();
+        let stats = &self.stats;
+        let io = &self.io_stats;
+        let (busy, poll) = stats.times_at(now);
+        let d = PyDict::new(py);
+        d.set_item("time", now)?;
+        d.set_item("created", self.created)?;
+        d.set_item("level", stats.level().name())?;
+        d.set_item("iterations", stats.iterations.get())?;
+        d.set_item("callbacks", stats.callbacks.get())?;
+        d.set_item("busy_seconds", busy)?;
+        d.set_item("poll_seconds", poll)?;
+        d.set_item("longest_iteration_seconds", stats.longest_iteration.get())?;
+        let lag: Vec<u64> = stats.lag_buckets.iter().map(|c| c.get()).collect();
+        d.set_item("lag_bounds", metrics::LAG_BOUNDS.to_vec())?;
+        d.set_item("lag_counts", lag)?;
+        d.set_item("lag_sum", stats.lag_sum.get())?;
+        d.set_item("slow_callbacks", stats.slow_callbacks.get())?;
+        d.set_item("slow_callback_seconds", stats.slow_seconds.get())?;
+        d.set_item("callback_seq", stats.callback_seq.get())?;
+        d.set_item("callback_started", stats.callback_started.get())?;
+        d.set_item("bytes_received", io.bytes_received.get())?;
+        d.set_item("bytes_sent", io.bytes_sent.get())?;
+        d.set_item("reads", io.reads.get())?;
+        d.set_item("writes", io.writes.get())?;
+        let kinds: Vec<&str> = metrics::TransportKind::ALL
+            .iter()
+            .map(|k| k.name())
+            .collect();
+        d.set_item("transport_kinds", kinds)?;
+        d.set_item("transports_open", io.open_counts().to_vec())?;
+        d.set_item("transports_opened", io.opened_counts().to_vec())?;
+        Ok(d)
+    }
+
+    /// `(sequence number, start time)` of the callback running now while the loop times
+    /// callbacks, start time 0.0 when none runs. Any thread (the slow-callback watchdog).
+    fn _current_callback(&self) -> (u64, f64) {
+        (
+            self.stats.callback_seq.get(),
+            self.stats.callback_started.get(),
+        )
+    }
+
+    /// Ready callbacks, timers in the heap, cancelled timers still in it, and fds registered
+    /// with the poller (watchers, and sockets the `sock_*` operations keep registered).
+    /// Loop thread only (reads the loop's state).
+    fn _metrics_state(&self, py: Python<'_>) -> PyResult<(usize, usize, usize, usize)> {
+        let st = self.state.borrow(py)?;
+        let fds = st.fds.len() + st.edge.keys().filter(|fd| !st.fds.contains_key(fd)).count();
+        Ok((
+            st.ready.len(),
+            st.timers.len(),
+            self.timers_cancelled.load(Ordering::Relaxed),
+            fds,
+        ))
     }
 
     /// An `asyncio.Future` bound to this loop.
@@ -824,6 +934,9 @@ impl LoopCore {
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        if this.stats.level() >= metrics::Level::Loop {
+            this.stats.iterations.add(1);
+        }
         // Announce a possible sleep before anything that may run Python code (and so let
         // another thread queue work): that thread will then wake us.
         this.poller.set_sleeping(true);
@@ -851,6 +964,7 @@ impl LoopCore {
     fn _run_forever_native(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         this.check_not_forked()?;
+        this.stats.started(clock::monotonic());
         let result = loop {
             if let Err(e) = Self::_run_once(slf) {
                 break Err(e);
@@ -859,6 +973,7 @@ impl LoopCore {
                 break Ok(());
             }
         };
+        this.stats.stopped(clock::monotonic());
         this.stopping.store(false, Ordering::Relaxed);
         result
     }

@@ -9,9 +9,10 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 
 use super::clock;
+use super::metrics::Level;
 use super::poller::Ready;
 use super::timers::TimerEntry;
-use super::LoopCore;
+use super::{LoopCore, Queued};
 use crate::handles::{Handle, Runnable};
 
 impl LoopCore {
@@ -49,13 +50,22 @@ impl LoopCore {
     }
 
     /// Waits for I/O (releasing the GIL if the wait may block) and queues the watchers of
-    /// the ready fds.
+    /// the ready fds. Counts the time spent blocked (see `metrics`).
     pub(super) fn poll(
         &self,
         py: Python<'_>,
         timeout_ms: i32,
         mut events: Vec<Ready>,
     ) -> PyResult<()> {
+        let level = self.stats.level();
+        let blocking = timeout_ms != 0;
+        let before = if level >= Level::Loop {
+            let now = clock::monotonic();
+            self.stats.before_poll(now, blocking);
+            now
+        } else {
+            0.0
+        };
         let result = if timeout_ms == 0 {
             self.poller.wait(&mut events, 0)
         } else {
@@ -68,8 +78,20 @@ impl LoopCore {
             result
         };
         self.poller.set_sleeping(false);
+        // When the ready fds' callbacks became ready, for the lag histogram.
+        let mut ready_at = 0.0;
+        if level >= Level::Loop {
+            ready_at = before;
+            if blocking {
+                ready_at = clock::monotonic();
+                self.stats.after_blocking_poll(ready_at);
+            }
+        }
+        if level < Level::Callbacks {
+            ready_at = 0.0;
+        }
         match result {
-            Ok(_) => self.queue_io_callbacks(py, events),
+            Ok(_) => self.queue_io_callbacks(py, events, ready_at),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 self.state.borrow_mut(py)?.events = events;
                 // Run Python's signal handlers now (PEP 475): KeyboardInterrupt surfaces here.
@@ -91,7 +113,15 @@ impl LoopCore {
                 // No clock read when there is no timer: a measurable share of a busy loop.
                 return Ok(());
             }
-            let end = now.unwrap_or_else(clock::monotonic) + clock::RESOLUTION;
+            let clock_now = now.unwrap_or_else(clock::monotonic);
+            let end = clock_now + clock::RESOLUTION;
+            // A timer became ready at its deadline; with a replaced `loop.time()` (another
+            // clock) at the time it is queued.
+            let timed = self.stats.level() == Level::Callbacks;
+            let queued_at = match (timed, now) {
+                (true, Some(_)) => clock::monotonic(),
+                _ => 0.0,
+            };
             while st.timers.peek_when().is_some_and(|when| when < end) {
                 let Some(entry) = st.timers.pop() else { break };
                 entry.handle.get().set_scheduled(false);
@@ -101,8 +131,12 @@ impl LoopCore {
                         .store(n.saturating_sub(1), Ordering::Relaxed);
                     dropped.push(entry);
                 } else {
+                    let ready_at = match (timed, now) {
+                        (true, None) => entry.when,
+                        _ => queued_at,
+                    };
                     let handle = entry.handle.into_bound(py).into_super().unbind();
-                    st.ready.push_back(handle);
+                    st.ready.push_back(Queued { handle, ready_at });
                 }
             }
         }
@@ -112,47 +146,102 @@ impl LoopCore {
 
     /// Runs the handles that were ready when this iteration began.
     pub(super) fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if this.is_debug() || this.stats.level() == Level::Callbacks {
+            return Self::run_ready_timed(slf);
+        }
+        let py = slf.py();
+        let ntodo = this.state.borrow(py)?.ready.len();
+        let mut ran = 0;
+        for _ in 0..ntodo {
+            let Some(queued) = this.state.borrow_mut(py)?.ready.pop_front() else {
+                break;
+            };
+            let Some(runnable) = queued.handle.get().runnable(py)? else {
+                continue;
+            };
+            ran += 1;
+            if let Err(err) = Handle::run_runnable(py, &runnable) {
+                Self::report_callback_error(slf, &queued.handle, err)?;
+            }
+        }
+        if this.stats.level() >= Level::Loop {
+            this.stats.callbacks.add(ran);
+        }
+        Ok(())
+    }
+
+    /// `run_ready` reading the clock around each callback: in debug mode (the current
+    /// handle, asyncio's slow-callback warning) and at `Level::Callbacks` (lag histogram,
+    /// slow callbacks counted and recorded).
+    fn run_ready_timed(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let ntodo = this.state.borrow(py)?.ready.len();
+        let mut last_end = clock::monotonic();
         for _ in 0..ntodo {
-            let Some(handle) = this.state.borrow_mut(py)?.ready.pop_front() else {
+            let Some(queued) = this.state.borrow_mut(py)?.ready.pop_front() else {
                 break;
             };
-            let Some(runnable) = handle.get().runnable(py)? else {
+            let Some(runnable) = queued.handle.get().runnable(py)? else {
                 continue;
             };
-            let outcome = if this.is_debug() {
-                Self::run_timed(slf, &handle, &runnable)
-            } else {
-                Handle::run_runnable(py, &runnable)
-            };
+            let (outcome, end) = Self::run_timed(slf, &queued, &runnable, last_end)?;
+            last_end = end;
             if let Err(err) = outcome {
-                Self::report_callback_error(slf, &handle, err)?;
+                Self::report_callback_error(slf, &queued.handle, err)?;
             }
         }
         Ok(())
     }
 
-    /// Debug-mode run: records the current handle and warns about slow callbacks.
-    pub(super) fn run_timed(
+    /// Runs one callback that started at `start`; returns its outcome and when it ended.
+    fn run_timed(
         slf: &Bound<'_, Self>,
-        handle: &Py<Handle>,
+        queued: &Queued,
         runnable: &Runnable,
-    ) -> PyResult<()> {
+        start: f64,
+    ) -> PyResult<(PyResult<()>, f64)> {
         let py = slf.py();
         let this = slf.get();
-        this.state.borrow_mut(py)?.current_handle = Some(handle.clone_ref(py));
-        let t0 = clock::monotonic();
+        let stats = &this.stats;
+        let counting = stats.level() >= Level::Loop;
+        let debug = this.is_debug();
+        if debug {
+            this.state.borrow_mut(py)?.current_handle = Some(queued.handle.clone_ref(py));
+        }
+        if queued.ready_at > 0.0 {
+            stats.observe_lag(start - queued.ready_at);
+        }
+        stats.callback_seq.add(1);
+        stats.callback_started.set(start);
         let outcome = Handle::run_runnable(py, runnable);
-        let elapsed = clock::monotonic() - t0;
-        let previous = this.state.borrow_mut(py)?.current_handle.take();
-        drop(previous);
+        let end = clock::monotonic();
+        stats.callback_started.set(0.0);
+        if counting {
+            stats.callbacks.add(1);
+        }
+        if debug {
+            let previous = this.state.borrow_mut(py)?.current_handle.take();
+            drop(previous);
+        }
+        let elapsed = end - start;
         let slow = f64::from_bits(this.slow_callback_duration.load(Ordering::Relaxed));
         if elapsed >= slow {
-            slf.call_method1("_log_slow_callback", (handle.clone_ref(py), elapsed))?;
+            if counting {
+                stats.slow_callbacks.add(1);
+                stats.slow_seconds.add(elapsed);
+            }
+            slf.call_method1(
+                "_on_slow_callback",
+                (
+                    queued.handle.clone_ref(py),
+                    elapsed,
+                    stats.callback_seq.get(),
+                ),
+            )?;
         }
-        outcome
+        Ok((outcome, end))
     }
 
     /// KeyboardInterrupt and SystemExit leave the loop; anything else goes to the

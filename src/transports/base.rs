@@ -8,6 +8,7 @@
 
 use std::cell::{Ref, RefMut};
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
@@ -17,6 +18,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 pub(crate) use crate::errors::is_exit_exception;
 use crate::event_loop::fds::Direction;
+use crate::event_loop::metrics::{IoStats, TransportKind};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::{new_tracked, Handle};
@@ -131,6 +133,9 @@ pub struct NativeTransport {
     /// Drops the data the subclass has queued (`_force_close`); the `Link` counts its bytes.
     drop_queue: DropQueue,
     link: GilCell<Link>,
+    /// The loop's transport counters (`loop.metrics()`), and this transport's kind there.
+    io: Arc<IoStats>,
+    kind: TransportKind,
 }
 
 /// A subclass's hook that drops its queued data.
@@ -138,18 +143,50 @@ pub(crate) type DropQueue = fn(&Bound<'_, NativeTransport>) -> PyResult<()>;
 
 impl NativeTransport {
     pub(crate) fn new(
-        event_loop: Py<LoopCore>,
+        event_loop: Bound<'_, LoopCore>,
         owner: Py<PyAny>,
         fd: RawFd,
+        kind: TransportKind,
         write_ready: &'static str,
         drop_queue: DropQueue,
     ) -> Self {
+        let io = event_loop.get().io_stats().clone();
+        io.opened(kind);
         NativeTransport {
             fd,
             write_ready,
             drop_queue,
-            link: GilCell::new(Link::new(event_loop, owner)),
+            link: GilCell::new(Link::new(event_loop.unbind(), owner)),
+            io,
+            kind,
         }
+    }
+
+    /// Counts `n` bytes sent by one system call (`loop.metrics()`).
+    #[inline]
+    pub(crate) fn count_sent(&self, n: usize) {
+        self.io.sent(n);
+    }
+
+    /// Counts one read of `n` bytes (0 at EOF) (`loop.metrics()`).
+    #[inline]
+    pub(crate) fn count_received(&self, n: usize) {
+        self.io.received(n);
+    }
+
+    /// The loop's transport counters.
+    pub(crate) fn io_stats(&self) -> &IoStats {
+        &self.io
+    }
+
+    /// Takes the link's references out (see `Link::take_refs`); the first time, the
+    /// transport stops counting as open.
+    fn take_link_refs(&self, link: &mut Link) -> LinkRefs {
+        let refs = link.take_refs();
+        if refs.0.is_some() {
+            self.io.closed(self.kind);
+        }
+        refs
     }
 
     pub(crate) fn fd(&self) -> RawFd {
@@ -528,7 +565,7 @@ pub(crate) fn release(this: &NativeTransport, py: Python<'_>) -> PyResult<()> {
     let dropped = {
         let mut link = this.link_mut(py)?;
         link.queued = 0;
-        link.take_refs()
+        this.take_link_refs(&mut link)
     };
     drop(dropped);
     Ok(())
@@ -547,7 +584,7 @@ impl NativeTransport {
     fn __clear__(&self) {
         Python::attach(|py| {
             let dropped = match self.link.borrow_mut(py) {
-                Ok(mut link) => link.take_refs(),
+                Ok(mut link) => self.take_link_refs(&mut link),
                 Err(_) => return,
             };
             drop(dropped);

@@ -43,6 +43,7 @@ use super::base::{self, is_exit_exception, NativeTransport};
 use crate::buffer::with_buffer;
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
+use crate::event_loop::metrics::TransportKind;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::sockaddr::{address_to_py, parse_inet, SockAddr};
@@ -58,15 +59,16 @@ const WRITE_ERROR: &str = "Fatal write error on datagram transport";
 
 /// The outcome of one attempt to send a datagram.
 enum Sent {
-    Done,
+    /// Sent, this many bytes.
+    Done(usize),
     /// EAGAIN or EINTR: try again when the socket is writable.
     WouldBlock,
     Failed(PyErr),
 }
 
-fn io_outcome(result: io::Result<()>) -> Sent {
+fn io_outcome(result: io::Result<usize>) -> Sent {
     match result {
-        Ok(()) => Sent::Done,
+        Ok(n) => Sent::Done(n),
         Err(e) if would_block(&e) => Sent::WouldBlock,
         Err(e) => Sent::Failed(os_error(e)),
     }
@@ -162,7 +164,7 @@ impl DatagramTransport {
         };
         let sent = with_buffer(data, |bytes| {
             let addr = target.as_ref().map(|sa| (sa.as_ptr(), sa.len));
-            sys::sendto(fd, bytes, addr).map(drop)
+            sys::sendto(fd, bytes, addr)
         });
         Ok(match sent {
             Ok(result) => io_outcome(result),
@@ -194,7 +196,8 @@ impl DatagramTransport {
                 .call_method1(intern!(py, "sendto"), (data, addr))
         };
         Ok(match sent {
-            Ok(_) => Sent::Done,
+            // What the socket method returned, when it says (a count of bytes).
+            Ok(n) => Sent::Done(n.extract::<usize>().unwrap_or(0)),
             Err(e) if would_block_err(py, &e) => Sent::WouldBlock,
             Err(e) => Sent::Failed(e),
         })
@@ -282,7 +285,10 @@ impl DatagramTransport {
             .call_method1(intern!(py, "recvfrom"), (MAX_SIZE,))
             .and_then(|r| r.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>());
         match received {
-            Ok((data, addr)) => Self::deliver(slf, &data, &addr),
+            Ok((data, addr)) => {
+                slf.as_super().get().count_received(data.len().unwrap_or(0));
+                Self::deliver(slf, &data, &addr)
+            }
             Err(e) if would_block_err(py, &e) => Ok(()),
             Err(e) if is_exit_exception(py, &e) => Err(e),
             Err(e) if e.is_instance_of::<PyOSError>(py) => Self::error_received(slf, e),
@@ -319,9 +325,10 @@ impl DatagramTransport {
         let py = event_loop.py();
         let address = address.filter(|a| !a.is_none(py));
         let shared = NativeTransport::new(
-            event_loop.unbind(),
+            event_loop,
             owner,
             fd,
+            TransportKind::of_socket(family, true),
             WRITE_READY,
             Self::drop_queue,
         );
@@ -415,6 +422,7 @@ impl DatagramTransport {
             Err(e) if would_block(&e) => return Ok(()),
             Err(e) => return Self::error_received(slf, os_error(e)),
         };
+        slf.as_super().get().count_received(data.as_bytes().len());
         let peer = match this.peer_object(py, &addr) {
             Ok(peer) => peer,
             Err(e) => return base::fatal(slf.as_super(), e, READ_ERROR),
@@ -441,7 +449,7 @@ impl DatagramTransport {
             };
             let (data, addr) = (item.0.bind(py), item.1.bind(py));
             match this.send_one(py, data.as_any(), addr)? {
-                Sent::Done => {}
+                Sent::Done(n) => shared.count_sent(n),
                 Sent::WouldBlock => {
                     let mut st = this.state.borrow_mut(py)?;
                     shared.link_mut(py)?.queued += this.rules.queued_size(data.as_bytes());
@@ -524,7 +532,10 @@ impl DatagramTransport {
         }
         if queue_empty {
             match this.send_one(py, data, &addr)? {
-                Sent::Done => return Ok(()),
+                Sent::Done(n) => {
+                    slf.as_super().get().count_sent(n);
+                    return Ok(());
+                }
                 Sent::WouldBlock => base::watch(slf.as_super(), Direction::Write, true)?,
                 Sent::Failed(e) => return Self::send_failed(slf, e),
             }

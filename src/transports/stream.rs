@@ -32,6 +32,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use super::base::{self, Link, NativeTransport};
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
+use crate::event_loop::metrics::{IoStats, TransportKind};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::sys::{self, would_block, would_block_err};
@@ -136,7 +137,13 @@ impl StreamTransport {
 
     /// Sends as much of the queue as the kernel takes (one `writev`/`sendmsg` per
     /// `MAX_IOVECS` chunks). `Ok` with data left means the kernel is full.
-    fn flush(&self, py: Python<'_>, st: &mut State, link: &mut Link) -> io::Result<()> {
+    fn flush(
+        &self,
+        py: Python<'_>,
+        st: &mut State,
+        link: &mut Link,
+        io: &IoStats,
+    ) -> io::Result<()> {
         let empty = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -173,6 +180,7 @@ impl StreamTransport {
             let Some(sent) = sent else {
                 return Ok(());
             };
+            io.sent(sent);
             consume(py, st, link, sent);
             if sent < offered {
                 return Ok(());
@@ -214,6 +222,7 @@ impl StreamTransport {
         let mut st = this.state.borrow_mut(py)?;
         let mut link = slf.as_super().get().link_mut(py)?;
         let n = sent.min(link.queued);
+        slf.as_super().get().count_sent(n);
         consume(py, &mut st, &mut link, n);
         Ok(())
     }
@@ -304,6 +313,7 @@ impl StreamTransport {
                 }
             }
         };
+        slf.as_super().get().count_received(got);
         if got == 0 {
             return Self::on_eof(slf);
         }
@@ -580,6 +590,9 @@ impl StreamTransport {
                     Err(e) => Err(os_error(e)),
                 },
             };
+            if let Ok(n) = sent {
+                slf.as_super().get().count_sent(n);
+            }
             match sent {
                 Ok(n) if n == bytes.len() => return Ok(()),
                 Ok(n) => offset = n,
@@ -627,6 +640,7 @@ impl StreamTransport {
                     py,
                     &mut *this.state.borrow_mut(py)?,
                     &mut *shared.link_mut(py)?,
+                    shared.io_stats(),
                 )
                 .map_err(os_error),
         };
@@ -691,17 +705,23 @@ impl StreamTransport {
         fd: RawFd,
         kind: &str,
     ) -> PyResult<PyClassInitializer<Self>> {
+        let kind = Kind::parse(kind)?;
+        let metrics_kind = match kind {
+            Kind::Socket => TransportKind::of_socket(sys::socket_domain(fd), false),
+            Kind::ReadPipe | Kind::WritePipe => TransportKind::Pipe,
+        };
         let shared = NativeTransport::new(
-            event_loop.unbind(),
+            event_loop,
             owner,
             fd,
+            metrics_kind,
             WRITE_READY,
             Self::drop_queue,
         );
         Ok(
             PyClassInitializer::from(shared).add_subclass(StreamTransport {
                 fd,
-                kind: Kind::parse(kind)?,
+                kind,
                 state: GilCell::new(State {
                     buffered: false,
                     py_io: None,
@@ -807,7 +827,10 @@ impl StreamTransport {
         let data = if let Some(sock) = py_io {
             // asyncio: `self._sock.recv(self.max_size)`.
             match sock.bind(py).call_method1(intern!(py, "recv"), (MAX_READ,)) {
-                Ok(data) => data,
+                Ok(data) => {
+                    slf.as_super().get().count_received(data.len().unwrap_or(0));
+                    data
+                }
                 Err(e) if would_block_err(py, &e) => return Ok(()),
                 Err(e) => return base::fatal(slf.as_super(), e, this.kind.read_error_message()),
             }
@@ -821,7 +844,9 @@ impl StreamTransport {
             };
             match read {
                 Ok(data) => {
-                    this.note_read_size(py, data.as_bytes().len())?;
+                    let n = data.as_bytes().len();
+                    slf.as_super().get().count_received(n);
+                    this.note_read_size(py, n)?;
                     data.into_any()
                 }
                 Err(e) if would_block(&e) => return Ok(()),

@@ -68,9 +68,7 @@ MIRRORS = {
         ),
     ],
     "test_sock_lowlevel": [
-        Mirror(
-            "SockTests", ("BaseSockTestsMixin", "test_utils.TestCase"), SELECTOR_CLASSES
-        ),
+        Mirror("SockTests", ("BaseSockTestsMixin", "test_utils.TestCase"), SELECTOR_CLASSES),
     ],
     "test_sendfile": [
         Mirror(
@@ -129,9 +127,7 @@ def select_loop(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
     loop.close()
     if not isinstance(loop, ferroloop.Loop):
-        raise TypeError(
-            f"policy forcing failed: asyncio.new_event_loop() gave {loop!r}"
-        )
+        raise TypeError(f"policy forcing failed: asyncio.new_event_loop() gave {loop!r}")
     return ferroloop.new_event_loop
 
 
@@ -176,8 +172,7 @@ def collect(module, make_loop) -> list[unittest.TestCase]:
     return [
         t
         for t in tests
-        if type(t) not in replaced
-        and (type(t) not in only or t._testMethodName in only[type(t)])
+        if type(t) not in replaced and (type(t) not in only or t._testMethodName in only[type(t)])
     ]
 
 
@@ -217,9 +212,7 @@ class Result(unittest.TestResult):
     def _arm(self) -> None:
         faulthandler.dump_traceback_later(self._timeout, exit=True, file=self._fault)
 
-    def _end(
-        self, test_id: str, status: str, reason: str, tb: str = "", **extra
-    ) -> None:
+    def _end(self, test_id: str, status: str, reason: str, tb: str = "", **extra) -> None:
         self._ended.add(test_id)
         self._emit(ev="end", id=test_id, status=status, reason=reason, tb=tb, **extra)
 

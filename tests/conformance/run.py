@@ -111,12 +111,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=[],
         help="only test ids matching (substring or glob, as unittest -k; repeatable)",
     )
-    p.add_argument(
-        "-j", "--jobs", type=int, default=2, help="parallel subprocesses (2)"
-    )
-    p.add_argument(
-        "--timeout", type=float, default=15.0, help="per-test timeout in s (15)"
-    )
+    p.add_argument("-j", "--jobs", type=int, default=2, help="parallel subprocesses (2)")
+    p.add_argument("--timeout", type=float, default=15.0, help="per-test timeout in s (15)")
     p.add_argument(
         "--budget",
         type=float,
@@ -143,18 +139,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.excluded_file = [HERE / "excluded.txt", EXCLUDED_VERSION]
     default_passing = args.passing_file.resolve() == PASSING.resolve()
     if args.update_passing and args.loop == "asyncio" and default_passing:
-        p.error(
-            "--update-passing from the asyncio reference run would not describe ferroloop"
-        )
+        p.error("--update-passing from the asyncio reference run would not describe ferroloop")
     return args
 
 
 def all_modules() -> list[str]:
     spec = importlib.util.find_spec("test.test_asyncio")
     if spec is None or not spec.submodule_search_locations:
-        sys.exit(
-            "this interpreter has no test.test_asyncio (install Python's test package)"
-        )
+        sys.exit("this interpreter has no test.test_asyncio (install Python's test package)")
     directory = Path(next(iter(spec.submodule_search_locations)))
     return sorted(p.stem for p in directory.glob("test_*.py"))
 
@@ -163,9 +155,7 @@ def select_modules(requested: list[str]) -> list[str]:
     available = all_modules()
     unknown = sorted(set(requested) - set(available))
     if unknown:
-        sys.exit(
-            f"unknown module(s): {', '.join(unknown)}; available: {', '.join(available)}"
-        )
+        sys.exit(f"unknown module(s): {', '.join(unknown)}; available: {', '.join(available)}")
     chosen = requested or available
     rank = {m: i for i, m in enumerate(SLOW_FIRST)}
     return sorted(chosen, key=lambda m: (rank.get(m, len(rank)), m))
@@ -277,17 +267,11 @@ def describe_exit(rc: int) -> str:
 def died_record(test_id: str, a: Attempt, cfg: Config, started: bool) -> Record:
     where = "" if started else " (before the test started: class or module fixture?)"
     if a.killed:
-        return Record(
-            test_id, "timeout", "killed by the hard subprocess timeout" + where, a.fault
-        )
+        return Record(test_id, "timeout", "killed by the hard subprocess timeout" + where, a.fault)
     if "Timeout (" in a.fault:
-        return Record(
-            test_id, "timeout", f"hung for more than {cfg.timeout:g}s" + where, a.fault
-        )
+        return Record(test_id, "timeout", f"hung for more than {cfg.timeout:g}s" + where, a.fault)
     first = next((ln for ln in a.fault.splitlines() if ln.strip()), "")
-    reason = f"worker died, {describe_exit(a.rc)}{where}" + (
-        f": {first}" if first else ""
-    )
+    reason = f"worker died, {describe_exit(a.rc)}{where}" + (f": {first}" if first else "")
     return Record(test_id, "crash", reason, a.fault)
 
 
@@ -300,9 +284,7 @@ def run_module(module: str, cfg: Config) -> tuple[list[Record], int]:
         a = run_attempt(module, cfg, attempt, set(records))
         records.update(a.ended)
         if a.module_error is not None:
-            records[module] = Record(
-                module, "error", "import or collection failed", a.module_error
-            )
+            records[module] = Record(module, "error", "import or collection failed", a.module_error)
             break
         if a.done:
             break
@@ -344,9 +326,7 @@ def write_results(results_dir: Path, records: list[Record], loop: str) -> None:
     ]
     (results_dir / "failures.txt").write_text("\n".join(failures))
     slowest = sorted((r for r in records if r.secs), key=lambda r: -r.secs)
-    (results_dir / "durations.txt").write_text(
-        "".join(f"{r.secs:8.3f} {r.id}\n" for r in slowest)
-    )
+    (results_dir / "durations.txt").write_text("".join(f"{r.secs:8.3f} {r.id}\n" for r in slowest))
 
 
 def module_table(records: list[Record]) -> str:
@@ -356,9 +336,7 @@ def module_table(records: list[Record]) -> str:
     rows = [f"{'module':<22}{'pass':>6}{'fail':>6}{'skip':>6}{'excl':>6}"]
     for module in sorted(by_module):
         c = counts(by_module[module])
-        rows.append(
-            f"{module:<22}{c['pass']:>6}{c['failed']:>6}{c['skip']:>6}{c['excluded']:>6}"
-        )
+        rows.append(f"{module:<22}{c['pass']:>6}{c['failed']:>6}{c['skip']:>6}{c['excluded']:>6}")
     return "\n".join(rows)
 
 
@@ -373,9 +351,7 @@ def summary_line(records: list[Record]) -> str:
     )
 
 
-def stale_exclusions(
-    excluded: list[tuple[str, str]], records: list[Record]
-) -> list[str]:
+def stale_exclusions(excluded: list[tuple[str, str]], records: list[Record]) -> list[str]:
     used = {r.pattern for r in records if r.status == "excluded"}
     return [p for p, _ in excluded if p not in used]
 
@@ -395,9 +371,7 @@ def regressions(passing: set[str], records: list[Record], args, modules) -> list
             out.append(f"{test_id}: not run (missing)")
         elif test_id in status and status[test_id].status != "pass":
             r = status[test_id]
-            out.append(
-                f"{test_id}: {r.status}" + (f" # {r.reason}" if r.reason else "")
-            )
+            out.append(f"{test_id}: {r.status}" + (f" # {r.reason}" if r.reason else ""))
     return out
 
 
@@ -465,9 +439,7 @@ def report(args, modules: list[str], excluded, records: list[Record]) -> int:
     for line in regressed:
         print(f"REGRESSED {line}")
     others = sum(r.status in FAILED and r.id not in passing for r in records)
-    missing = (
-        "" if args.passing_file.exists() else " (file missing: nothing to compare)"
-    )
+    missing = "" if args.passing_file.exists() else " (file missing: nothing to compare)"
     print(
         f"{len(regressed)} regressions against {args.passing_file.name}{missing}, "
         f"{others} other failures (details: {args.results_dir / 'failures.txt'})"

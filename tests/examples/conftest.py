@@ -29,8 +29,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", str(workdir)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -72,11 +83,25 @@ def postgres_dsn() -> Iterator[str]:
     run = functools.partial(subprocess.run, check=True, capture_output=True)
     run([*as_postgres, f"{bindir}/initdb", "-D", datadir, "-A", "trust", "-U", "postgres"])
     opts = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run([*as_postgres, f"{bindir}/pg_ctl", "-D", datadir, "-o", opts, "-w", "-l",
-         f"{datadir}/log", "start"])
+    run(
+        [
+            *as_postgres,
+            f"{bindir}/pg_ctl",
+            "-D",
+            datadir,
+            "-o",
+            opts,
+            "-w",
+            "-l",
+            f"{datadir}/log",
+            "start",
+        ]
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_postgres, f"{bindir}/pg_ctl", "-D", datadir, "-m", "fast", "-w",
-                        "stop"], capture_output=True)
+        subprocess.run(
+            [*as_postgres, f"{bindir}/pg_ctl", "-D", datadir, "-m", "fast", "-w", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(datadir, ignore_errors=True)

@@ -65,7 +65,9 @@ def test_expiry_recomputes(loop, redis_url):
 def test_runs_as_a_program_on_ferroloop(redis_url):
     out = subprocess.run(
         [sys.executable, "-m", "ferroloop", cache.__file__, redis_url],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     assert "20 results, 1 computation(s)" in out.stdout and "ferroloop" in out.stdout

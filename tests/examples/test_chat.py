@@ -125,4 +125,3 @@ def test_runs_as_a_program_on_ferroloop():
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
     assert proc.returncode == 0
-

@@ -63,8 +63,10 @@ def expected(base: str) -> dict[str, tuple[int, str]]:
                 target = href.split("#")[0]
                 if target.startswith("http") or target in seen:
                     continue
-                outcome = "404" if target.startswith("/missing") else (
-                    "timeout" if is_slow(int(target.rsplit("/", 1)[1])) else "ok"
+                outcome = (
+                    "404"
+                    if target.startswith("/missing")
+                    else ("timeout" if is_slow(int(target.rsplit("/", 1)[1])) else "ok")
                 )
                 seen[target] = (depth + 1, outcome)
                 nxt.append(target)
@@ -131,9 +133,20 @@ def test_runs_as_a_program_on_ferroloop(tmp_path):
 
                 time.sleep(0.1)
         out = subprocess.run(
-            [sys.executable, "-m", "ferroloop", crawler.__file__, f"http://127.0.0.1:{port}/page/0",
-             "--depth", "2", "--timeout", "0.3"],
-            capture_output=True, text=True, timeout=30,
+            [
+                sys.executable,
+                "-m",
+                "ferroloop",
+                crawler.__file__,
+                f"http://127.0.0.1:{port}/page/0",
+                "--depth",
+                "2",
+                "--timeout",
+                "0.3",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     finally:
         site.terminate()

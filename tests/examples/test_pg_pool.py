@@ -82,7 +82,9 @@ def test_query_timeout_cancels_and_pool_stays_healthy(loop, postgres_dsn):
 def test_runs_as_a_program_on_ferroloop(postgres_dsn):
     out = subprocess.run(
         [sys.executable, "-m", "ferroloop", pg_pool.__file__, postgres_dsn],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert "slow query timed out: True (ferroloop" in out.stdout

@@ -14,8 +14,6 @@ from _support import example_command, load_example
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 pipeline = load_example("pipeline")
 
 

@@ -21,8 +21,6 @@ pytestmark = pytest.mark.timeout(10)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 quotes = load_example("quotes")
 
 QUOTES = [

@@ -13,8 +13,6 @@ from _support import example_command, load_example
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 rate_limiter = load_example("rate_limiter")
 
 RATE = 50

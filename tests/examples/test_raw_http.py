@@ -28,8 +28,6 @@ HOST = "127.0.0.1"
 HEADER_TIMEOUT = 0.5
 
 
-
-
 raw_http = load_example("raw_http")
 
 

@@ -21,8 +21,6 @@ LATE_BOUND = 0.040
 EARLY_BOUND = 0.002
 
 
-
-
 sched_mod = load_example("scheduler")
 Scheduler = sched_mod.Scheduler
 

@@ -28,7 +28,8 @@ def start_workers(kind: str, url: str, n: int = 2) -> list[subprocess.Popen]:
     workers = [
         subprocess.Popen(
             [*RUNNERS[kind], "worker", url, "--concurrency", str(CONCURRENCY)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         for _ in range(n)
     ]

@@ -17,8 +17,6 @@ from _support import example_command, load_example
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 tb = load_example("thread_bridge")
 ThreadBridge = tb.ThreadBridge
 
