@@ -241,7 +241,9 @@ impl LoopStats {
 
     /// The loop starts running at `now`.
     pub(crate) fn started(&self, now: f64) {
-        self.busy_since.set(now);
+        if self.level() >= Level::Loop {
+            self.busy_since.set(now);
+        }
     }
 
     /// The loop stops running at `now`: its last working stretch ends.
@@ -294,16 +296,20 @@ impl LoopStats {
         self.lag_sum.add(seconds);
     }
 
-    /// Busy and poll seconds including the stretch in progress at `now`.
-    pub(crate) fn times_at(&self, now: f64) -> (f64, f64) {
+    /// Busy seconds, poll seconds and the longest stretch between polls, including the
+    /// stretch in progress at `now` (a loop stuck in a callback shows it at once).
+    pub(crate) fn times_at(&self, now: f64) -> (f64, f64, f64) {
         let (mut busy, mut poll) = (self.busy_seconds.get(), self.poll_seconds.get());
+        let mut longest = self.longest_iteration.get();
         let polling = self.polling_since.get();
         let working = self.busy_since.get();
         if polling > 0.0 {
             poll += (now - polling).max(0.0);
         } else if working > 0.0 {
-            busy += (now - working).max(0.0);
+            let stretch = (now - working).max(0.0);
+            busy += stretch;
+            longest = longest.max(stretch);
         }
-        (busy, poll)
+        (busy, poll, longest)
     }
 }

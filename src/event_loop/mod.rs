@@ -654,7 +654,7 @@ impl LoopCore {
         let now = clock::monotonic();
         let stats = &self.stats;
         let io = &self.io_stats;
-        let (busy, poll) = stats.times_at(now);
+        let (busy, poll, longest) = stats.times_at(now);
         let d = PyDict::new(py);
         d.set_item("time", now)?;
         d.set_item("created", self.created)?;
@@ -663,7 +663,7 @@ impl LoopCore {
         d.set_item("callbacks", stats.callbacks.get())?;
         d.set_item("busy_seconds", busy)?;
         d.set_item("poll_seconds", poll)?;
-        d.set_item("longest_iteration_seconds", stats.longest_iteration.get())?;
+        d.set_item("longest_iteration_seconds", longest)?;
         let lag: Vec<u64> = stats.lag_buckets.iter().map(|c| c.get()).collect();
         d.set_item("lag_bounds", metrics::LAG_BOUNDS.to_vec())?;
         d.set_item("lag_counts", lag)?;
