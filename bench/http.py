@@ -29,14 +29,14 @@ from pathlib import Path
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 LOOPS = {"asyncio": "asyncio", "uvloop": "uvloop", "ferroloop": "ferroloop:new_event_loop"}
-APP = '''
+APP = """
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")]})
     await send({"type": "http.response.body", "body": b"Hello, world!"})
-'''
+"""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -74,8 +74,17 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20
 
 
 def wrk(port: int, seconds: int, connections: int) -> str:
-    cmd = ["taskset", "-c", str(CLIENT_CORE), "wrk", "-t1", f"-c{connections}",
-           f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
+    cmd = [
+        "taskset",
+        "-c",
+        str(CLIENT_CORE),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        f"http://127.0.0.1:{port}/",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
@@ -98,15 +107,37 @@ def measure(loop: str, appdir: Path, seconds: int, connections: int) -> Result:
     result = Result(loop)
     port = free_port()
     server = subprocess.Popen(
-        ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "uvicorn", "app:app",
-         "--host", "127.0.0.1", "--port", str(port), "--loop", LOOPS[loop], "--http",
-         "httptools", "--log-level", "error", "--no-access-log"],
-        cwd=appdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            "taskset",
+            "-c",
+            str(SERVER_CORE),
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            LOOPS[loop],
+            "--http",
+            "httptools",
+            "--log-level",
+            "error",
+            "--no-access-log",
+        ],
+        cwd=appdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         if not wait_listening(port, server):
-            result.error = "server did not start: " + server.stderr.read().decode()[-300:] \
-                if server.poll() is not None and server.stderr else "server did not start"
+            result.error = (
+                "server did not start: " + server.stderr.read().decode()[-300:]
+                if server.poll() is not None and server.stderr
+                else "server did not start"
+            )
             return result
         wrk(port, 1, connections)  # warm-up
         before = cpu_us(server.pid)
@@ -127,16 +158,20 @@ def measure(loop: str, appdir: Path, seconds: int, connections: int) -> Result:
 
 def report(results: list[Result]) -> None:
     base = next((r for r in results if r.loop == "uvloop" and not r.error), None)
-    print(f"{'loop':<10} {'req/s':>9} {'CPU µs/req':>11} {'p50':>9} {'p99':>9} "
-          f"{'req/s vs uvloop':>16} {'CPU vs uvloop':>14}")
+    print(
+        f"{'loop':<10} {'req/s':>9} {'CPU µs/req':>11} {'p50':>9} {'p99':>9} "
+        f"{'req/s vs uvloop':>16} {'CPU vs uvloop':>14}"
+    )
     for r in results:
         if r.error:
             print(f"{r.loop:<10} FAILED: {r.error}")
             continue
         rps_ratio = f"{r.rps / base.rps:.2f}x" if base else "-"
         cpu_ratio = f"{r.cpu_us_per_req / base.cpu_us_per_req:.2f}x" if base else "-"
-        print(f"{r.loop:<10} {r.rps:>9,.0f} {r.cpu_us_per_req:>11.1f} {r.p50:>9} {r.p99:>9} "
-              f"{rps_ratio:>16} {cpu_ratio:>14}")
+        print(
+            f"{r.loop:<10} {r.rps:>9,.0f} {r.cpu_us_per_req:>11.1f} {r.p50:>9} {r.p99:>9} "
+            f"{rps_ratio:>16} {cpu_ratio:>14}"
+        )
     ferro = next((r for r in results if r.loop == "ferroloop" and not r.error), None)
     if base and ferro:
         met = ferro.rps >= 1.10 * base.rps and ferro.cpu_us_per_req <= base.cpu_us_per_req
@@ -162,8 +197,10 @@ def main() -> int:
                 r = measure(loop, appdir, args.seconds, args.connections)
                 if loop not in best or (not r.error and r.rps > best[loop].rps):
                     best[loop] = r
-    print(f"# uvicorn+httptools raw ASGI under wrk -t1 -c{args.connections} -d{args.seconds}s, "
-          f"server on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, best of {args.rounds}")
+    print(
+        f"# uvicorn+httptools raw ASGI under wrk -t1 -c{args.connections} -d{args.seconds}s, "
+        f"server on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, best of {args.rounds}"
+    )
     report(list(best.values()))
     return 1 if any(r.error for r in best.values()) else 0
 
