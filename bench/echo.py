@@ -33,7 +33,6 @@ import importlib
 import importlib.util
 import json
 import os
-import platform
 import select
 import signal
 import socket
@@ -47,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
-from _machine import cpu_model, loop_versions
+from _machine import Progress, loop_versions, machine_info
 
 HERE = Path(__file__).resolve().parent
 PKG_DIR = HERE / "echo"
@@ -806,14 +805,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t_start = time.monotonic()
     versions = loop_versions(LOOPS)
-    machine: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loops": versions,
-    }
+    machine: dict[str, Any] = machine_info() | {"loops": versions}
     print(
         f"# echo benchmark {machine['date']}: {machine['nproc']} CPUs ({machine['cpu_model']}), "
         f"Python {machine['python']}"
@@ -825,6 +817,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"loadgen on core {LOADGEN_CORE}; every echoed byte verified",
         flush=True,
     )
+    progress = Progress(p.rounds * len(cells))
     for r in range(p.rounds):
         for size in sizes:
             group = [c for c in cells if c.size == size]
@@ -837,11 +830,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if s.status == "ok"
                     else f"{s.status}: {s.detail[:150]}"
                 )
-                print(
-                    f"  [{r + 1}/{p.rounds}] {fmt_size(size):>7} {cell.label:24} {shown}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                progress.step(f"round {r + 1}: {fmt_size(size):>7} {cell.label:24} {shown}")
 
     wall = time.monotonic() - t_start
     print()
