@@ -16,6 +16,8 @@ Needs `wrk` (Debian package `wrk`) and uvicorn + httptools in the venv
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -24,8 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+from _machine import Progress, machine_info
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 LOOPS = {"asyncio": "asyncio", "uvloop": "uvloop", "ferroloop": "ferroloop:new_event_loop"}
@@ -38,6 +43,8 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"Hello, world!"})
 """
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+WRK_UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6}
 
 
 @dataclass
@@ -156,6 +163,54 @@ def measure(loop: str, appdir: Path, seconds: int, connections: int) -> Result:
     return result
 
 
+def latency_us(text: str) -> float | None:
+    """wrk's latency ("656.00us", "1.15ms", "2.01s") in µs; None for "-"."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    return float(m.group(1)) * WRK_UNITS_US[m.group(2)] if m else None
+
+
+def as_json(r: Result) -> dict[str, Any]:
+    return asdict(r) | {"p50_us": latency_us(r.p50), "p99_us": latency_us(r.p99)}
+
+
+def write_json(
+    path: Path, args: argparse.Namespace, best: dict[str, Result], runs: list[Result]
+) -> None:
+    doc = {
+        "benchmark": "http",
+        "machine": machine_info(),
+        "settings": {
+            "seconds": args.seconds,
+            "connections": args.connections,
+            "rounds": args.rounds,
+            "server_core": SERVER_CORE,
+            "client_core": CLIENT_CORE,
+            "figure": "best req/s of the rounds per loop; CPU = server utime+stime / requests",
+        },
+        "results": {loop: as_json(r) for loop, r in best.items()},
+        "runs": [as_json(r) for r in runs],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def run_rounds(args: argparse.Namespace, appdir: Path) -> tuple[dict[str, Result], list[Result]]:
+    """Every loop once per round (interleaved rounds spread drift); the best req/s per loop."""
+    loops = args.loops.split(",")
+    progress = Progress(args.rounds * len(loops))
+    best: dict[str, Result] = {}
+    runs: list[Result] = []
+    for _ in range(args.rounds):
+        for loop in loops:
+            r = measure(loop, appdir, args.seconds, args.connections)
+            runs.append(r)
+            shown = f"FAILED: {r.error[:100]}" if r.error else f"{r.rps:,.0f} req/s"
+            progress.step(f"{loop} {shown}, {r.cpu_us_per_req:.1f} µs CPU/req")
+            if loop not in best or (not r.error and r.rps > best[loop].rps):
+                best[loop] = r
+    return best, runs
+
+
 def report(results: list[Result]) -> None:
     base = next((r for r in results if r.loop == "uvloop" and not r.error), None)
     print(
@@ -184,6 +239,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2, help="best req/s of N rounds per loop")
     ap.add_argument("--loops", default=",".join(LOOPS))
+    ap.add_argument("--output", type=Path, help="JSON path [bench/results/http-<date>.json]")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian package `wrk`)", file=sys.stderr)
@@ -191,17 +247,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         appdir = Path(tmp)
         (appdir / "app.py").write_text(APP)
-        best: dict[str, Result] = {}
-        for _ in range(args.rounds):
-            for loop in args.loops.split(","):  # interleaved rounds spread drift
-                r = measure(loop, appdir, args.seconds, args.connections)
-                if loop not in best or (not r.error and r.rps > best[loop].rps):
-                    best[loop] = r
+        best, runs = run_rounds(args, appdir)
     print(
         f"# uvicorn+httptools raw ASGI under wrk -t1 -c{args.connections} -d{args.seconds}s, "
         f"server on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, best of {args.rounds}"
     )
     report(list(best.values()))
+    out = args.output or RESULTS_DIR / f"http-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    write_json(out, args, best, runs)
+    print(f"raw results: {out}", file=sys.stderr)
     return 1 if any(r.error for r in best.values()) else 0
 
 
