@@ -330,12 +330,17 @@ def echo_best(cell: dict[str, Any] | None) -> float | None:
     return min(ok) if ok else None
 
 
+def echo_status(cell: dict[str, Any]) -> str:
+    """ "ok" if any round succeeded, else the last round's status ("failed", ...)."""
+    statuses = [s["status"] for s in cell["samples"]]
+    return "ok" if "ok" in statuses else statuses[-1] if statuses else "not run"
+
+
 def echo_missing(cell: dict[str, Any], floor: dict[str, Any] | None) -> str:
     """Why a cell has no ratio: its own status ("not implemented", "failed"), or the floor's."""
-    statuses = [s["status"] for s in cell["samples"]]
-    if "ok" not in statuses:
-        return statuses[-1] if statuses else "not run"
-    return "no floor run" if floor is None else f"floor {echo_missing(floor, floor)}"
+    if echo_status(cell) != "ok":
+        return echo_status(cell)
+    return "no floor run" if floor is None else f"floor {echo_status(floor)}"
 
 
 def echo_group(cell: dict[str, Any], read_sizes: int) -> str:
