@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 DPI = 100
+FOOTER_PT = 6.5  # monospace; a character is about 0.6 of that wide
 LOOP_COLORS = {
     "asyncio": "#8c8c8c",
     "uvloop": "#3a78b5",
@@ -118,18 +121,35 @@ def unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def footer(sources: Sequence[Source]) -> str:
-    """Date, machine, commit and command of the data: two lines under the chart."""
+def footer(sources: Sequence[Source], width: int) -> str:
+    """Date, machine, commit and command of the data: the lines under the chart, at most
+    `width` characters each."""
     machines = [s.machine for s in sources]
     dates = unique(str(m.get("date", "?"))[:10] for m in machines)
     hosts = unique(f"{m.get('nproc', '?')} CPUs, {m.get('cpu_model', '?')}" for m in machines)
     commits = unique(str(m.get("git_revision") or "?") for m in machines)
     commands: dict[str, list[str]] = {}
     for s in sources:
-        command = s.machine.get("command") or f"bench/{s.kind}.py (arguments not recorded)"
-        commands.setdefault(command, []).append(s.python.rsplit(".", 1)[0])
-    shown = "; ".join(f"python{'/'.join(unique(v))} {c}" for c, v in commands.items())
-    return f"{', '.join(dates)} · {'; '.join(hosts)} · commit {', '.join(commits)}\ndata: {shown}"
+        command = s.machine.get("command")
+        shown = (
+            without_output(command) if command else f"bench/{s.kind}.py (arguments not recorded)"
+        )
+        commands.setdefault(shown, []).append(s.python.rsplit(".", 1)[0])
+    data = "; ".join(f"python{'/'.join(unique(v))} {c}" for c, v in commands.items())
+    lines = [f"{', '.join(dates)} · {'; '.join(hosts)} · commit {', '.join(commits)}"]
+    return "\n".join(lines + textwrap.wrap(f"data: {data}", width))
+
+
+def without_output(command: str) -> str:
+    """The command less its --output FILE, which differs per run and says nothing of the
+    measurement (so that the runs of several versions share one line)."""
+    words = shlex.split(command)
+    keep = [
+        w
+        for i, w in enumerate(words)
+        if w != "--output" and not w.startswith("--output=") and words[i - 1 : i] != ["--output"]
+    ]
+    return shlex.join(keep)
 
 
 # --------------------------------------------------------------------------
@@ -189,17 +209,17 @@ def draw_bars(ax: Axes, bars: Bars, ylabel: str, fmt: str, ref: float | None = N
             if value is not None:
                 ax.bar(x, value, width, color=color)
             y = top * 0.02 if value is None else value
-            ax.text(x, y, shown, rotation=90, ha="center", va="bottom", fontsize=6)
+            ax.text(x, y, f" {shown}", rotation=90, ha="center", va="bottom", fontsize=6)
     if ref is not None:
         ax.axhline(ref, color="black", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(bars.groups)), [wrap(g) for g in bars.groups], fontsize=7)
     ax.set_xlim(-0.5, len(bars.groups) - 0.5)
     ax.set_ylabel(ylabel, fontsize=8)
-    ax.set_ylim(0, top * 1.2)
+    ax.set_ylim(0, top * 1.25)
     ax.tick_params(axis="y", labelsize=7)
     ax.grid(axis="y", linewidth=0.3)
     handles = [Patch(color=c, label=name) for name, c in zip(bars.series, colors, strict=True)]
-    ax.legend(handles=handles, fontsize=7, loc="upper left", ncols=min(n, 6))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def figure(
@@ -207,7 +227,10 @@ def figure(
 ) -> tuple[Figure, list[Axes]]:
     fig, axes = plt.subplots(panels, 1, figsize=(width, 0.9 + 2.9 * panels), squeeze=False)
     fig.suptitle(title, fontsize=10)
-    fig.text(0.01, 0.005, footer(sources), fontsize=6.5, va="bottom", family="monospace")
+    chars = int(width * 72 / (0.6 * FOOTER_PT)) - 4
+    fig.text(
+        0.01, 0.005, footer(sources, chars), fontsize=FOOTER_PT, va="bottom", family="monospace"
+    )
     return fig, list(axes[:, 0])
 
 
