@@ -9,8 +9,9 @@ no more CPU per request.
     .venv/bin/python bench/http.py            # about 40 s
     .venv/bin/python bench/http.py --seconds 10 --connections 64
 
-Needs `wrk` (Debian package `wrk`) and uvicorn + httptools in the venv
-(scripts/requirements.txt). Loopback only.
+The figures also go to bench/results/http-<date>.json (gitignored; --output FILE to
+choose), which bench/charts.py draws. Needs `wrk` (Debian package `wrk`) and uvicorn +
+httptools in the venv (scripts/requirements.txt). Loopback only.
 """
 
 from __future__ import annotations
