@@ -7,6 +7,7 @@ import datetime as dt
 import importlib
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import sys
@@ -14,6 +15,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NOISY_PCT = 10.0  # other busy CPU in a measured window, % of one core, that marks it disturbed
 
 
 def cpu_model() -> str:
@@ -26,6 +30,30 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_us(pid: int) -> float:
+    """utime + stime of the whole process (all threads), in µs, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks * 1e6 / CLK_TCK
+
+
+def machine_busy_us() -> float:
+    """CPU time all cores spent not idle (first line of /proc/stat), in µs."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    # user nice system idle iowait irq softirq steal
+    return (sum(fields) - fields[3] - fields[4]) * 1e6 / CLK_TCK
+
+
+def children_cpu_us() -> float:
+    """User + system CPU of this process's children that were waited for, in µs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) * 1e6
 
 
 def git_revision() -> str | None:

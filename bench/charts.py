@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from _machine import NOISY_PCT
 
 matplotlib.use("Agg")  # no display: files only
 
@@ -40,6 +41,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 DPI = 100
+DISTURBED = f"* other processes busy\n  (> {NOISY_PCT:g}% of a core)"
 FOOTER_PT = 6.5  # monospace; a character is about 0.6 of that wide
 LOOP_COLORS = {
     "asyncio": "#8c8c8c",
@@ -165,8 +167,18 @@ class Bars:
     series: list[str] = field(default_factory=list)  # side by side within a group
     values: dict[Key, float] = field(default_factory=dict)
     notes: dict[Key, str] = field(default_factory=dict)  # why a cell has no value
+    disturbed: set[Key] = field(default_factory=set)  # measured while the machine was busy
 
-    def add(self, group: str, series: str, value: float | None, note: str = "n/a") -> None:
+    def add(
+        self,
+        group: str,
+        series: str,
+        value: float | None,
+        note: str = "n/a",
+        disturbed: bool = False,
+    ) -> None:
+        if disturbed:
+            self.disturbed.add((group, series))
         if group not in self.groups:
             self.groups.append(group)
         if series not in self.series:
@@ -206,6 +218,7 @@ def draw_bars(ax: Axes, bars: Bars, ylabel: str, fmt: str, ref: float | None = N
             x = g - 0.4 + width * (i + 0.5)
             value = bars.values.get((group, name))
             shown = bars.notes.get((group, name), "n/a") if value is None else format(value, fmt)
+            shown += "*" if (group, name) in bars.disturbed else ""
             if value is not None:
                 ax.bar(x, value, width, color=color)
             y = top * 0.02 if value is None else value
@@ -219,6 +232,8 @@ def draw_bars(ax: Axes, bars: Bars, ylabel: str, fmt: str, ref: float | None = N
     ax.tick_params(axis="y", labelsize=7)
     ax.grid(axis="y", linewidth=0.3)
     handles = [Patch(color=c, label=name) for name, c in zip(bars.series, colors, strict=True)]
+    if bars.disturbed:
+        handles.append(Patch(color="none", label=DISTURBED))
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
@@ -316,6 +331,11 @@ def micro_ns_chart(sources: Sequence[Source], out: Path) -> Path:
 # --------------------------------------------------------------------------
 
 
+def disturbed_run(run: dict[str, Any] | None) -> bool:
+    """Whether other processes were busy during the run (http.py and echo.py record it)."""
+    return run is not None and float(run.get("other_cpu_pct", 0.0)) > NOISY_PCT
+
+
 def http_value(source: Source, loop: str, key: str) -> float | None:
     r = source.doc["results"].get(loop, {})
     return None if r.get("error") or not r.get(key) else float(r[key])
@@ -337,7 +357,9 @@ def http_chart(sources: Sequence[Source], out: Path) -> Path:
         bars = Bars()
         for s in sources:
             for loop in loops:
-                bars.add(s.label, loop, http_value(s, loop, key), http_missing(s, loop))
+                run = s.doc["results"].get(loop)
+                value = http_value(s, loop, key)
+                bars.add(s.label, loop, value, http_missing(s, loop), disturbed_run(run))
         draw_bars(ax, bars, ylabel, fmt)
     return save(fig, out / "http.png")
 
@@ -347,10 +369,14 @@ def http_chart(sources: Sequence[Source], out: Path) -> Path:
 # --------------------------------------------------------------------------
 
 
-def echo_best(cell: dict[str, Any] | None) -> float | None:
-    """The cell's best (lowest) CPU µs per request over its successful rounds."""
-    ok = [s["cpu_us_per_req"] for s in (cell or {}).get("samples", []) if s["status"] == "ok"]
-    return min(ok) if ok else None
+def echo_best(cell: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The cell's round with the lowest CPU per request (the figure echo.py reports)."""
+    ok = [s for s in (cell or {}).get("samples", []) if s["status"] == "ok"]
+    return min(ok, key=lambda s: s["cpu_us_per_req"]) if ok else None
+
+
+def echo_cpu(sample: dict[str, Any] | None) -> float | None:
+    return None if sample is None else float(sample["cpu_us_per_req"])
 
 
 def echo_status(cell: dict[str, Any]) -> str:
@@ -382,8 +408,10 @@ def echo_bars(source: Source) -> Bars:
         if c["kind"] == "floor":
             continue
         floor = floors.get(c["size"])
-        value = ratio(echo_best(c), echo_best(floor))
-        bars.add(echo_group(c, read_sizes), c["loop"], value, echo_missing(c, floor))
+        best, floor_best = echo_best(c), echo_best(floor)
+        value = ratio(echo_cpu(best), echo_cpu(floor_best))
+        disturbed = any(disturbed_run(b) for b in (best, floor_best))
+        bars.add(echo_group(c, read_sizes), c["loop"], value, echo_missing(c, floor), disturbed)
     return bars
 
 

@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
-from _machine import Progress, loop_versions, machine_info
+from _machine import NOISY_PCT, Progress, cpu_us, loop_versions, machine_busy_us, machine_info
 
 HERE = Path(__file__).resolve().parent
 PKG_DIR = HERE / "echo"
@@ -78,7 +78,6 @@ EXIT_NOT_IMPLEMENTED = 3
 EXIT_NOT_INSTALLED = 4
 STARTUP_TIMEOUT_S = 15.0
 LOADGEN_STALL_TIMEOUT_S = 5.0
-NOISY_PCT = 10.0  # other busy CPU in a window, % of one core, that marks it disturbed
 
 # Targets from issue 3, on CPU per request: (style, size or None for all) -> (baseline, max)
 TARGETS: dict[tuple[str, int | None], tuple[str, float]] = {
@@ -285,27 +284,6 @@ def pinned(core: int) -> Callable[[], None]:
         os.sched_setaffinity(0, {core})
 
     return pin
-
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_us(pid: int) -> float:
-    """utime + stime of the whole process (all threads), in µs, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks * 1e6 / CLK_TCK
-
-
-def machine_busy_us() -> float:
-    """CPU time all cores spent not idle (first line of /proc/stat), in µs."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    # user nice system idle iowait irq softirq steal
-    return (sum(fields) - fields[3] - fields[4]) * 1e6 / CLK_TCK
 
 
 def cpu_ns_schedstat(pid: int) -> int:

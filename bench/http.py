@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import socket
@@ -31,7 +30,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from _machine import Progress, machine_info
+from _machine import (
+    NOISY_PCT,
+    Progress,
+    children_cpu_us,
+    cpu_us,
+    machine_busy_us,
+    machine_info,
+)
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 LOOPS = {"asyncio": "asyncio", "uvloop": "uvloop", "ferroloop": "ferroloop:new_event_loop"}
@@ -43,7 +49,6 @@ async def app(scope, receive, send):
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")]})
     await send({"type": "http.response.body", "body": b"Hello, world!"})
 """
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WRK_UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6}
 
@@ -57,17 +62,15 @@ class Result:
     p50: str = "-"
     p99: str = "-"
     error: str = ""
+    # Busy CPU of the machine in the measured window beyond the server and wrk, in % of one
+    # core: other processes (a disturbed measurement) plus unattributed interrupt time.
+    other_cpu_pct: float = 0.0
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def cpu_us(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1e6 / CLK_TCK  # utime + stime
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> bool:
@@ -148,9 +151,13 @@ def measure(loop: str, appdir: Path, seconds: int, connections: int) -> Result:
             )
             return result
         wrk(port, 1, connections)  # warm-up
-        before = cpu_us(server.pid)
+        before, busy, wrk_cpu = cpu_us(server.pid), machine_busy_us(), children_cpu_us()
+        started = time.monotonic()
         out = wrk(port, seconds, connections)
+        window_us = (time.monotonic() - started) * 1e6
         spent = cpu_us(server.pid) - before
+        other = machine_busy_us() - busy - spent - (children_cpu_us() - wrk_cpu)
+        result.other_cpu_pct = max(other, 0.0) / window_us * 100
         parse_wrk(out, result)
         result.cpu_us_per_req = spent / max(result.requests, 1)
     except (subprocess.CalledProcessError, ValueError, OSError) as exc:
@@ -206,7 +213,10 @@ def run_rounds(args: argparse.Namespace, appdir: Path) -> tuple[dict[str, Result
             r = measure(loop, appdir, args.seconds, args.connections)
             runs.append(r)
             shown = f"FAILED: {r.error[:100]}" if r.error else f"{r.rps:,.0f} req/s"
-            progress.step(f"{loop} {shown}, {r.cpu_us_per_req:.1f} µs CPU/req")
+            progress.step(
+                f"{loop} {shown}, {r.cpu_us_per_req:.1f} µs CPU/req, "
+                f"other CPU {r.other_cpu_pct:.0f}%"
+            )
             if loop not in best or (not r.error and r.rps > best[loop].rps):
                 best[loop] = r
     return best, runs
@@ -232,6 +242,14 @@ def report(results: list[Result]) -> None:
     if base and ferro:
         met = ferro.rps >= 1.10 * base.rps and ferro.cpu_us_per_req <= base.cpu_us_per_req
         print(f"target (>= 1.10x uvloop req/s at no more CPU/req): {'met' if met else 'not met'}")
+    noisy = [r for r in results if not r.error and r.other_cpu_pct > NOISY_PCT]
+    if noisy:
+        worst = max(noisy, key=lambda r: r.other_cpu_pct)
+        print(
+            f"WARNING: {len(noisy)} measurement(s) ran beside other busy processes (CPU beyond "
+            f"server + wrk > {NOISY_PCT:g}% of a core; worst {worst.other_cpu_pct:.0f}% at "
+            f"{worst.loop}): req/s is disturbed, rerun on a quiet machine."
+        )
 
 
 def main() -> int:
