@@ -33,7 +33,6 @@ import importlib
 import importlib.util
 import json
 import os
-import platform
 import select
 import signal
 import socket
@@ -47,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
-from _machine import cpu_model, loop_versions
+from _machine import NOISY_PCT, Progress, cpu_us, loop_versions, machine_busy_us, machine_info
 
 HERE = Path(__file__).resolve().parent
 PKG_DIR = HERE / "echo"
@@ -79,7 +78,6 @@ EXIT_NOT_IMPLEMENTED = 3
 EXIT_NOT_INSTALLED = 4
 STARTUP_TIMEOUT_S = 15.0
 LOADGEN_STALL_TIMEOUT_S = 5.0
-NOISY_PCT = 10.0  # other busy CPU in a window, % of one core, that marks it disturbed
 
 # Targets from issue 3, on CPU per request: (style, size or None for all) -> (baseline, max)
 TARGETS: dict[tuple[str, int | None], tuple[str, float]] = {
@@ -286,27 +284,6 @@ def pinned(core: int) -> Callable[[], None]:
         os.sched_setaffinity(0, {core})
 
     return pin
-
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_us(pid: int) -> float:
-    """utime + stime of the whole process (all threads), in µs, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks * 1e6 / CLK_TCK
-
-
-def machine_busy_us() -> float:
-    """CPU time all cores spent not idle (first line of /proc/stat), in µs."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    # user nice system idle iowait irq softirq steal
-    return (sum(fields) - fields[3] - fields[4]) * 1e6 / CLK_TCK
 
 
 def cpu_ns_schedstat(pid: int) -> int:
@@ -806,14 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t_start = time.monotonic()
     versions = loop_versions(LOOPS)
-    machine: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loops": versions,
-    }
+    machine: dict[str, Any] = machine_info() | {"loops": versions}
     print(
         f"# echo benchmark {machine['date']}: {machine['nproc']} CPUs ({machine['cpu_model']}), "
         f"Python {machine['python']}"
@@ -825,6 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"loadgen on core {LOADGEN_CORE}; every echoed byte verified",
         flush=True,
     )
+    progress = Progress(p.rounds * len(cells))
     for r in range(p.rounds):
         for size in sizes:
             group = [c for c in cells if c.size == size]
@@ -837,11 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if s.status == "ok"
                     else f"{s.status}: {s.detail[:150]}"
                 )
-                print(
-                    f"  [{r + 1}/{p.rounds}] {fmt_size(size):>7} {cell.label:24} {shown}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                progress.step(f"round {r + 1}: {fmt_size(size):>7} {cell.label:24} {shown}")
 
     wall = time.monotonic() - t_start
     print()

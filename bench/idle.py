@@ -104,9 +104,21 @@ def emit(event: str, **fields: Any) -> None:
 
 
 class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def _mallinfo2() -> Callable[[], int] | None:
@@ -140,8 +152,10 @@ def pymalloc_stats() -> dict[str, int]:
         f.seek(0)
         text = f.read().decode(errors="replace")
     out = {}
-    for key, pattern in (("pymalloc_blocks", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
-                         ("pymalloc_arenas", r"# arenas allocated current\s*=\s*([\d,]+)")):
+    for key, pattern in (
+        ("pymalloc_blocks", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
+        ("pymalloc_arenas", r"# arenas allocated current\s*=\s*([\d,]+)"),
+    ):
         m = re.search(pattern, text)
         if m:
             out[key] = int(m.group(1).replace(",", ""))
@@ -215,8 +229,17 @@ class Census:
         return rows[:top]
 
 
-_LABELLED_ATTRS = ("_coro", "_fut_waiter", "_callbacks", "_loop", "_context", "_result",
-                   "_exception", "_source_traceback", "_cancel_message")
+_LABELLED_ATTRS = (
+    "_coro",
+    "_fut_waiter",
+    "_callbacks",
+    "_loop",
+    "_context",
+    "_result",
+    "_exception",
+    "_source_traceback",
+    "_cancel_message",
+)
 _MANAGED_DICT = 1 << 4  # Py_TPFLAGS_MANAGED_DICT (3.11+): attributes kept without a dict
 
 
@@ -315,10 +338,16 @@ def allocation_sites(snapshot: Any, n: int, top: int) -> list[dict[str, Any]]:
         g[1][trace.size] += 1
     rows = []
     for tb, (size, sizes) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
-        rows.append({
-            "where": " <- ".join(f"{Path(fr.filename).name}:{fr.lineno}" for fr in reversed(tb)),
-            "bytes": size / n, "blocks": sum(sizes.values()) / n,
-            "sizes": " ".join(f"{sz}x{c / n:.2f}" for sz, c in sizes.most_common(4))})
+        rows.append(
+            {
+                "where": " <- ".join(
+                    f"{Path(fr.filename).name}:{fr.lineno}" for fr in reversed(tb)
+                ),
+                "bytes": size / n,
+                "blocks": sum(sizes.values()) / n,
+                "sizes": " ".join(f"{sz}x{c / n:.2f}" for sz, c in sizes.most_common(4)),
+            }
+        )
     return rows
 
 
@@ -338,8 +367,9 @@ async def settled_memory() -> dict[str, int]:
     return memory()
 
 
-async def server_main(loop: asyncio.AbstractEventLoop, wait: str, mode: str, top: int,
-                      frames: int) -> None:
+async def server_main(
+    loop: asyncio.AbstractEventLoop, wait: str, mode: str, top: int, frames: int
+) -> None:
     st = ServerState()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -400,13 +430,13 @@ async def server_main(loop: asyncio.AbstractEventLoop, wait: str, mode: str, top
                 traced0 = tracemalloc.get_traced_memory()[0]
         elif cmd == "measure":
             n = int(args[0])
-            ok = await until(lambda n=n: st.acked - st.mark >= n and st.open == n,
-                             STEP_TIMEOUT_S)
+            ok = await until(lambda n=n: st.acked - st.mark >= n and st.open == n, STEP_TIMEOUT_S)
             mem = await settled_memory()
             extra: dict[str, Any] = {}
             if mode == "tracemalloc":
                 snap = tracemalloc.take_snapshot().filter_traces(
-                    [tracemalloc.Filter(False, tracemalloc.__file__)])
+                    [tracemalloc.Filter(False, tracemalloc.__file__)]
+                )
                 extra["traced"] = tracemalloc.get_traced_memory()[0] - traced0
                 extra["sites"] = allocation_sites(snap, n, top)
                 del snap
@@ -414,9 +444,13 @@ async def server_main(loop: asyncio.AbstractEventLoop, wait: str, mode: str, top
                 later = Census(exclude={id(base_census), id(base_census.objects)})
                 extra["types"] = base_census.growth(later, n, top)
                 task, reader, writer = st.sample
-                roots = [("task", task), ("reader", reader), ("writer", writer),
-                         ("transport", writer.transport),
-                         ("protocol", getattr(writer, "_protocol", None))]
+                roots = [
+                    ("task", task),
+                    ("reader", reader),
+                    ("writer", writer),
+                    ("transport", writer.transport),
+                    ("protocol", getattr(writer, "_protocol", None)),
+                ]
                 extra["walk"] = walk(roots, base_census.objects)
                 del later
             emit("measure", ok=ok, open=st.open, errors=st.errors, **mem, **extra)
@@ -430,8 +464,9 @@ async def server_main(loop: asyncio.AbstractEventLoop, wait: str, mode: str, top
     server.close()
 
 
-def serve(loop_name: str, wait: str, mode: str, top: int, frames: int,
-          server_exec: str | None) -> int:
+def serve(
+    loop_name: str, wait: str, mode: str, top: int, frames: int, server_exec: str | None
+) -> int:
     raise_nofile()
     if server_exec:  # e.g. a patch to try (--server-exec)
         code = Path(server_exec).read_text()
@@ -476,8 +511,9 @@ def open_connections(port: int, n: int, inflight: int, timeout: float) -> list[s
                 started += 1
             events = ep.poll(1.0)
             if not events and time.monotonic() > deadline:
-                raise TimeoutError(f"{len(done)} of {n} connections answered, {len(pending)} "
-                                   f"waiting")
+                raise TimeoutError(
+                    f"{len(done)} of {n} connections answered, {len(pending)} waiting"
+                )
             for fd, ev in events:
                 s, buf = pending[fd]
                 if ev & select.EPOLLOUT:
@@ -511,8 +547,11 @@ def open_connections(port: int, n: int, inflight: int, timeout: float) -> list[s
 def client(port: int, n: int, warmup: int, inflight: int) -> int:
     hard = raise_nofile()
     if n + 16 > hard:
-        emit("error", message=f"{n} connections need more than RLIMIT_NOFILE's hard limit "
-                              f"{hard} (ulimit -Hn)")
+        emit(
+            "error",
+            message=f"{n} connections need more than RLIMIT_NOFILE's hard limit "
+            f"{hard} (ulimit -Hn)",
+        )
         return 2
     try:
         for s in open_connections(port, warmup, inflight, STEP_TIMEOUT_S):
@@ -548,8 +587,9 @@ class Peer:
 
     def __init__(self, cmd: list[str]) -> None:
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr
+        )
         assert self.proc.stdout is not None
         self.out: IO[bytes] = self.proc.stdout
         self.buf = b""
@@ -576,8 +616,9 @@ class Peer:
             if ready:
                 chunk = os.read(self.out.fileno(), 1 << 20)
                 if not chunk:
-                    raise RuntimeError(f"exited (status {self.proc.wait()}) before {event!r}: "
-                                       f"{self.stderr_tail()}")
+                    raise RuntimeError(
+                        f"exited (status {self.proc.wait()}) before {event!r}: {self.stderr_tail()}"
+                    )
                 self.buf += chunk
 
     def stderr_tail(self) -> str:
@@ -603,14 +644,39 @@ def run_one(loop: str, n: int, opts: argparse.Namespace, mode: str) -> dict[str,
     """One fresh server for `loop` holding `n` idle connections; its figures."""
     me = str(Path(__file__).resolve())
     res: dict[str, Any] = {"loop": loop, "n": n, "mode": mode}
-    server = Peer([sys.executable, me, "--serve", loop, "--wait", opts.wait, "--mode", mode,
-                   "--top", str(opts.top), "--frames", str(opts.frames)]
-                  + (["--server-exec", str(opts.server_exec)] if opts.server_exec else []))
+    server = Peer(
+        [
+            sys.executable,
+            me,
+            "--serve",
+            loop,
+            "--wait",
+            opts.wait,
+            "--mode",
+            mode,
+            "--top",
+            str(opts.top),
+            "--frames",
+            str(opts.frames),
+        ]
+        + (["--server-exec", str(opts.server_exec)] if opts.server_exec else [])
+    )
     peer: Peer | None = None
     try:
         port = server.expect("port")["port"]
-        peer = Peer([sys.executable, me, "--client", str(port), str(n), "--warmup",
-                     str(opts.warmup), "--inflight", str(opts.inflight)])
+        peer = Peer(
+            [
+                sys.executable,
+                me,
+                "--client",
+                str(port),
+                str(n),
+                "--warmup",
+                str(opts.warmup),
+                "--inflight",
+                str(opts.inflight),
+            ]
+        )
         peer.expect("warm")
         server.send(f"baseline {opts.warmup}")
         res["baseline"] = server.expect("baseline")
@@ -623,24 +689,29 @@ def run_one(loop: str, n: int, opts: argparse.Namespace, mode: str) -> dict[str,
             peer.send("close")
             peer.expect("closed")
             server.send("closed")
-            res["cycles"].append({"connect_s": connect_s, "measure": measure,
-                                  "closed": server.expect("closed")})
+            res["cycles"].append(
+                {"connect_s": connect_s, "measure": measure, "closed": server.expect("closed")}
+            )
         res.update(res["cycles"][0])
-        if any(c["measure"]["errors"] or not (c["measure"]["ok"] and c["closed"]["ok"])
-               for c in res["cycles"]):
+        if any(
+            c["measure"]["errors"] or not (c["measure"]["ok"] and c["closed"]["ok"])
+            for c in res["cycles"]
+        ):
             raise RuntimeError("the server did not see every connection open and close")
         if not res["baseline"]["ok"]:
             raise RuntimeError("the server did not see the warm-up connections open and close")
         res["per_conn"] = {
             key: (res["measure"][key] - res["baseline"][key]) / n
             for key, value in res["measure"].items()
-            if type(value) is int and key in res["baseline"] and key not in ("open", "errors")}
+            if type(value) is int and key in res["baseline"] and key not in ("open", "errors")
+        }
         res["kept_per_conn"] = (res["closed"]["VmRSS"] - res["baseline"]["VmRSS"]) / n
         live = ("pymalloc_blocks", "malloc_in_use")
         for c in res["cycles"]:
             c["kept_per_conn"] = (c["closed"]["VmRSS"] - res["baseline"]["VmRSS"]) / n
-            c["live_kept_per_conn"] = sum(
-                c["closed"].get(k, 0) - res["baseline"].get(k, 0) for k in live) / n
+            c["live_kept_per_conn"] = (
+                sum(c["closed"].get(k, 0) - res["baseline"].get(k, 0) for k in live) / n
+            )
         res["live_kept_per_conn"] = res["cycles"][0]["live_kept_per_conn"]
     except RuntimeError as exc:
         res["error"] = str(exc)
@@ -665,8 +736,9 @@ def render(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
     return "\n".join(fmt.format(*r) for r in [headers, *rows])
 
 
-def rss_report(results: list[dict[str, Any]], loops: list[str], ns: list[int],
-               markdown: bool) -> tuple[str, bool | None]:
+def rss_report(
+    results: list[dict[str, Any]], loops: list[str], ns: list[int], markdown: bool
+) -> tuple[str, bool | None]:
     rows, detail, verdicts = [], [], []
     med: dict[tuple[str, int], float] = {}
     for n in ns:
@@ -679,56 +751,114 @@ def rss_report(results: list[dict[str, Any]], loops: list[str], ns: list[int],
                 continue
             per = [r["per_conn"]["VmRSS"] for r in good]
             med[loop, n] = statistics.median(per)
-            rows.append([f"{n:,}", loop, kb(med[loop, n]), kb(min(per)),
-                         " ".join(kb(p) for p in per),
-                         kb(statistics.median(r["kept_per_conn"] for r in good)), ""])
+            rows.append(
+                [
+                    f"{n:,}",
+                    loop,
+                    kb(med[loop, n]),
+                    kb(min(per)),
+                    " ".join(kb(p) for p in per),
+                    kb(statistics.median(r["kept_per_conn"] for r in good)),
+                    "",
+                ]
+            )
             mid = sorted(good, key=lambda r: r["per_conn"]["VmRSS"])[len(good) // 2]
             pc = mid["per_conn"]
-            detail.append([f"{n:,}", loop, f"{pc['VmRSS']:.0f}", f"{pc.get('RssAnon', 0):.0f}",
-                           f"{pc.get('pymalloc_blocks', 0):.0f}",
-                           f"{pc.get('malloc_in_use', 0):.0f}",
-                           f"{mid['live_kept_per_conn']:.0f}", f"{mid['connect_s']:.1f}"])
+            detail.append(
+                [
+                    f"{n:,}",
+                    loop,
+                    f"{pc['VmRSS']:.0f}",
+                    f"{pc.get('RssAnon', 0):.0f}",
+                    f"{pc.get('pymalloc_blocks', 0):.0f}",
+                    f"{pc.get('malloc_in_use', 0):.0f}",
+                    f"{mid['live_kept_per_conn']:.0f}",
+                    f"{mid['connect_s']:.1f}",
+                ]
+            )
         base = med.get(("uvloop", n))
-        for row in rows[-len(loops):]:
+        for row in rows[-len(loops) :]:
             if base and (row[1], n) in med:
                 row[6] = f"{med[row[1], n] / base:.2f}x"
         if base and ("ferroloop", n) in med:
             verdicts.append((n, med["ferroloop", n] / base))
-    out = ["Server RSS growth per idle connection, KB (1024 B): median and minimum over the "
-           "rounds, every round, the RSS still held after the client closed them all, and the "
-           "median's ratio to uvloop's.", "",
-           render(["N", "loop", "median", "min", "rounds", "kept after close", "vs uvloop"],
-                  rows, markdown), "",
-           "Where the growth sits (median round), bytes per connection: VmRSS, its anonymous "
-           "part, bytes in pymalloc's allocated blocks (small Python objects), bytes in use "
-           "in malloc (larger objects, native heaps), what those two still held after the "
-           "client closed every connection (a leak shows here), and the seconds the client "
-           "took to connect all N.", "",
-           render(["N", "loop", "VmRSS", "RssAnon", "pymalloc blocks", "malloc in use",
-                   "live after close", "connect s"], detail, markdown)]
+    out = [
+        "Server RSS growth per idle connection, KB (1024 B): median and minimum over the "
+        "rounds, every round, the RSS still held after the client closed them all, and the "
+        "median's ratio to uvloop's.",
+        "",
+        render(
+            ["N", "loop", "median", "min", "rounds", "kept after close", "vs uvloop"],
+            rows,
+            markdown,
+        ),
+        "",
+        "Where the growth sits (median round), bytes per connection: VmRSS, its anonymous "
+        "part, bytes in pymalloc's allocated blocks (small Python objects), bytes in use "
+        "in malloc (larger objects, native heaps), what those two still held after the "
+        "client closed every connection (a leak shows here), and the seconds the client "
+        "took to connect all N.",
+        "",
+        render(
+            [
+                "N",
+                "loop",
+                "VmRSS",
+                "RssAnon",
+                "pymalloc blocks",
+                "malloc in use",
+                "live after close",
+                "connect s",
+            ],
+            detail,
+            markdown,
+        ),
+    ]
     soak = [r for r in results if "error" not in r and len(r.get("cycles", ())) > 1]
     if soak:
-        out += ["", "Soak: the same server connects N, then closes them all, again and again. "
-                    "Per connection of one batch, each time: RSS above the baseline with the "
-                    "N open (KB) / the same after they closed (KB) / bytes still live in "
-                    "pymalloc + malloc after they closed.", ""]
-        out.append(render(["N", "loop", "round", *[f"cycle {i + 1}" for i in range(
-            len(soak[0]["cycles"]))]], [[f"{r['n']:,}", r["loop"], str(r["round"]), *[
-                f"{kb((c['measure']['VmRSS'] - r['baseline']['VmRSS']) / r['n'])} / "
-                f"{kb(c['kept_per_conn'])} / {c['live_kept_per_conn']:.0f}"
-                for c in r["cycles"]]] for r in soak], markdown))
+        out += [
+            "",
+            "Soak: the same server connects N, then closes them all, again and again. "
+            "Per connection of one batch, each time: RSS above the baseline with the "
+            "N open (KB) / the same after they closed (KB) / bytes still live in "
+            "pymalloc + malloc after they closed.",
+            "",
+        ]
+        out.append(
+            render(
+                ["N", "loop", "round", *[f"cycle {i + 1}" for i in range(len(soak[0]["cycles"]))]],
+                [
+                    [
+                        f"{r['n']:,}",
+                        r["loop"],
+                        str(r["round"]),
+                        *[
+                            f"{kb((c['measure']['VmRSS'] - r['baseline']['VmRSS']) / r['n'])} / "
+                            f"{kb(c['kept_per_conn'])} / {c['live_kept_per_conn']:.0f}"
+                            for c in r["cycles"]
+                        ],
+                    ]
+                    for r in soak
+                ],
+                markdown,
+            )
+        )
     met: bool | None = None
     if verdicts:
         met = all(ratio <= TARGET for _, ratio in verdicts)
         worst = max(verdicts, key=lambda v: v[1])
-        out += ["", f"target (ferroloop <= {TARGET:.2f}x uvloop's RSS per connection, median, "
-                    f"at every N): {'met' if met else 'not met'} "
-                    f"(worst {worst[1]:.2f}x at {worst[0]:,})"]
+        out += [
+            "",
+            f"target (ferroloop <= {TARGET:.2f}x uvloop's RSS per connection, median, "
+            f"at every N): {'met' if met else 'not met'} "
+            f"(worst {worst[1]:.2f}x at {worst[0]:,})",
+        ]
     return "\n".join(out), met
 
 
-def tracemalloc_report(results: list[dict[str, Any]], loops: list[str], top: int,
-                       markdown: bool) -> str:
+def tracemalloc_report(
+    results: list[dict[str, Any]], loops: list[str], top: int, markdown: bool
+) -> str:
     out = []
     rows = []
     for r in results:
@@ -736,20 +866,34 @@ def tracemalloc_report(results: list[dict[str, Any]], loops: list[str], top: int
             rows.append([f"{r['n']:,}", r["loop"], "FAILED", r["error"][:60]])
             continue
         m = r["measure"]
-        rows.append([f"{r['n']:,}", r["loop"], f"{m['traced'] / r['n']:.0f}",
-                     f"{r['per_conn']['VmRSS']:.0f}"])
-    out.append(render(["N", "loop", "traced B/conn", "VmRSS B/conn (tracing on)"], rows,
-                      markdown))
+        rows.append(
+            [
+                f"{r['n']:,}",
+                r["loop"],
+                f"{m['traced'] / r['n']:.0f}",
+                f"{r['per_conn']['VmRSS']:.0f}",
+            ]
+        )
+    out.append(render(["N", "loop", "traced B/conn", "VmRSS B/conn (tracing on)"], rows, markdown))
     if top:
         for r in results:
             if "error" in r:
                 continue
-            out += ["", f"{r['loop']}, N={r['n']:,}: top {top} allocation sites still alive, "
-                        f"per connection"]
-            out.append(render(["bytes", "blocks", "block sizes (B x per conn)",
-                               "where (innermost first)"],
-                              [[f"{s['bytes']:.0f}", f"{s['blocks']:.2f}", s["sizes"], s["where"]]
-                               for s in r["measure"]["sites"]], markdown))
+            out += [
+                "",
+                f"{r['loop']}, N={r['n']:,}: top {top} allocation sites still alive, "
+                f"per connection",
+            ]
+            out.append(
+                render(
+                    ["bytes", "blocks", "block sizes (B x per conn)", "where (innermost first)"],
+                    [
+                        [f"{s['bytes']:.0f}", f"{s['blocks']:.2f}", s["sizes"], s["where"]]
+                        for s in r["measure"]["sites"]
+                    ],
+                    markdown,
+                )
+            )
     return "\n".join(out)
 
 
@@ -761,39 +905,70 @@ def objects_report(results: list[dict[str, Any]], markdown: bool) -> str:
             continue
         m = r["measure"]
         total = sum(t["bytes"] for t in m.get("types", []))
-        out += ["", f"{r['loop']}, N={r['n']:,}: growth per connection by type "
-                    f"(sys.getsizeof; top rows sum to {total:.0f} B)"]
-        out.append(render(["type", "objects/conn", "bytes/conn"],
-                          [[t["type"], f"{t['objects']:.2f}", f"{t['bytes']:.0f}"]
-                           for t in m.get("types", [])], markdown))
+        out += [
+            "",
+            f"{r['loop']}, N={r['n']:,}: growth per connection by type "
+            f"(sys.getsizeof; top rows sum to {total:.0f} B)",
+        ]
+        out.append(
+            render(
+                ["type", "objects/conn", "bytes/conn"],
+                [
+                    [t["type"], f"{t['objects']:.2f}", f"{t['bytes']:.0f}"]
+                    for t in m.get("types", [])
+                ],
+                markdown,
+            )
+        )
         items = m.get("walk", [])
-        out += ["", f"{r['loop']}: objects reachable from one connection that did not exist "
-                    f"before, {len(items)} objects, {sum(i['bytes'] for i in items)} B"]
-        out.append(render(["bytes", "type", "path"],
-                          [[str(i["bytes"]), i["type"], i["path"]] for i in items], markdown))
+        out += [
+            "",
+            f"{r['loop']}: objects reachable from one connection that did not exist "
+            f"before, {len(items)} objects, {sum(i['bytes'] for i in items)} B",
+        ]
+        out.append(
+            render(
+                ["bytes", "type", "path"],
+                [[str(i["bytes"]), i["type"], i["path"]] for i in items],
+                markdown,
+            )
+        )
     return "\n".join(out)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--serve", metavar="LOOP", help=argparse.SUPPRESS)
     ap.add_argument("--client", nargs=2, type=int, metavar=("PORT", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--connections", default="10000,15000", help="comma list of N")
     ap.add_argument("--rounds", type=int, help="runs per loop and N (rss mode: 3, others: 1)")
     ap.add_argument("--loops", default=",".join(LOOPS))
     ap.add_argument("--mode", choices=("rss", "tracemalloc", "objects"), default="rss")
-    ap.add_argument("--wait", choices=("readline", "read"), default="readline",
-                    help="what the idle reader task awaits")
-    ap.add_argument("--cycles", type=int, default=1,
-                    help="rss mode: connect and close N this many times per server (a soak)")
+    ap.add_argument(
+        "--wait",
+        choices=("readline", "read"),
+        default="readline",
+        help="what the idle reader task awaits",
+    )
+    ap.add_argument(
+        "--cycles",
+        type=int,
+        default=1,
+        help="rss mode: connect and close N this many times per server (a soak)",
+    )
     ap.add_argument("--warmup", type=int, default=200, help="connections before the baseline")
     ap.add_argument("--inflight", type=int, default=128, help="client's unanswered connects")
     ap.add_argument("--top", type=int, default=25, help="rows of allocation sites / types")
-    ap.add_argument("--frames", type=int, default=1,
-                    help="tracemalloc frames; >1 groups sites by traceback")
-    ap.add_argument("--server-exec", metavar="FILE",
-                    help="Python file each server runs before making its loop (to try a patch)")
+    ap.add_argument(
+        "--frames", type=int, default=1, help="tracemalloc frames; >1 groups sites by traceback"
+    )
+    ap.add_argument(
+        "--server-exec",
+        metavar="FILE",
+        help="Python file each server runs before making its loop (to try a patch)",
+    )
     ap.add_argument("--markdown", action="store_true", help="Markdown tables")
     ap.add_argument("--output", type=Path, help="also write every run's figures as JSON here")
     args = ap.parse_args()
@@ -809,21 +984,29 @@ def main() -> int:
     ns = [int(x.replace("_", "")) for x in args.connections.split(",") if x]
     hard = raise_nofile()
     if max(ns) + 16 > hard:
-        ap.error(f"N={max(ns)} needs RLIMIT_NOFILE's hard limit (ulimit -Hn, now {hard}) above "
-                 f"N + 16")
+        ap.error(
+            f"N={max(ns)} needs RLIMIT_NOFILE's hard limit (ulimit -Hn, now {hard}) above N + 16"
+        )
     rounds = args.rounds or (3 if args.mode == "rss" else 1)
     versions = loop_versions(LOOPS)
-    print(f"# idle connections: asyncio.start_server, one reader task per connection awaiting "
-          f"{args.wait}(); mode {args.mode}")
-    print(f"# {dt.datetime.now().astimezone():%Y-%m-%dT%H:%M:%S%z}, {os.cpu_count()} CPUs "
-          f"({cpu_model()}), Linux {platform.release()}, Python {platform.python_version()}, "
-          + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "asyncio"))
-    print(f"# N = {', '.join(f'{n:,}' for n in ns)}; {rounds} round(s), loops interleaved; "
-          f"warm-up {args.warmup} connections, RLIMIT_NOFILE {hard}", flush=True)
+    print(
+        f"# idle connections: asyncio.start_server, one reader task per connection awaiting "
+        f"{args.wait}(); mode {args.mode}"
+    )
+    print(
+        f"# {dt.datetime.now().astimezone():%Y-%m-%dT%H:%M:%S%z}, {os.cpu_count()} CPUs "
+        f"({cpu_model()}), Linux {platform.release()}, Python {platform.python_version()}, "
+        + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "asyncio")
+    )
+    print(
+        f"# N = {', '.join(f'{n:,}' for n in ns)}; {rounds} round(s), loops interleaved; "
+        f"warm-up {args.warmup} connections, RLIMIT_NOFILE {hard}",
+        flush=True,
+    )
     results: list[dict[str, Any]] = []
     for rnd in range(rounds):
         for n in ns:
-            order = loops[rnd % len(loops):] + loops[:rnd % len(loops)]
+            order = loops[rnd % len(loops) :] + loops[: rnd % len(loops)]
             for loop in order:
                 if versions.get(loop) == "not installed":
                     results.append({"loop": loop, "n": n, "error": "not installed"})
@@ -831,10 +1014,12 @@ def main() -> int:
                 r = run_one(loop, n, args, args.mode)
                 r["round"] = rnd + 1
                 results.append(r)
-                figure = (f"{kb(r['per_conn']['VmRSS'])} KB/conn" if "error" not in r
-                          else f"FAILED: {r['error']}")
-                print(f"  round {rnd + 1} N={n:,} {loop}: {figure}", file=sys.stderr,
-                      flush=True)
+                figure = (
+                    f"{kb(r['per_conn']['VmRSS'])} KB/conn"
+                    if "error" not in r
+                    else f"FAILED: {r['error']}"
+                )
+                print(f"  round {rnd + 1} N={n:,} {loop}: {figure}", file=sys.stderr, flush=True)
     print()
     met: bool | None = None
     if args.mode == "rss":
@@ -845,8 +1030,17 @@ def main() -> int:
     else:
         print(objects_report(results, args.markdown))
     if args.output:
-        args.output.write_text(json.dumps({"versions": versions, "args": vars(args) | {
-            "output": str(args.output)}, "results": results}, indent=1, default=str))
+        args.output.write_text(
+            json.dumps(
+                {
+                    "versions": versions,
+                    "args": vars(args) | {"output": str(args.output)},
+                    "results": results,
+                },
+                indent=1,
+                default=str,
+            )
+        )
     failed = any("error" in r and r["error"] != "not installed" for r in results)
     return 1 if failed else 0
 

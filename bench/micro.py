@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _machine import Progress, machine_info
+
 BATCH = 1000  # callbacks / timers / tasks scheduled before the loop runs them
 QUEUE_MAXSIZE = 16  # bounded, so the producer really waits for the consumer
 WORKER_TIMEOUT_S = 120.0
@@ -307,9 +309,7 @@ CASES: dict[str, Case] = {
             0.50,
             "call_later(10) + cancel",
         ),
-        Case(
-            "timers_fire", case_timers_fire, 50_000, None, "call_later(0) timers firing"
-        ),
+        Case("timers_fire", case_timers_fire, 50_000, None, "call_later(0) timers firing"),
         Case("sleep0", case_sleep0, 50_000, 0.50, "await sleep(0)"),
         Case(
             "tasks_gather",
@@ -333,9 +333,7 @@ CASES: dict[str, Case] = {
             0.50,
             "future ping-pong round trip",
         ),
-        Case(
-            "queue", case_queue, 50_000, None, f"Queue(maxsize={QUEUE_MAXSIZE}) put/get"
-        ),
+        Case("queue", case_queue, 50_000, None, f"Queue(maxsize={QUEUE_MAXSIZE}) put/get"),
         Case(
             "call_soon_threadsafe",
             case_call_soon_threadsafe,
@@ -434,9 +432,7 @@ class Cell:
 
 def spawn(args: Sequence[str], timeout: float) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         raise BenchError(lines[-1] if lines else f"exit status {proc.returncode}")
@@ -472,6 +468,7 @@ def run_all(
 ) -> dict[str, dict[str, Cell]]:
     """Each round runs every loop once per case, rotating the loops' order."""
     cells = {c.name: {name: Cell() for name in loops} for c in cases}
+    progress = Progress(len(cases) * rounds * len(loops))
     for case in cases:
         n = case.quick_n * scale
         for r in range(rounds):
@@ -480,14 +477,8 @@ def run_all(
                 cell = cells[case.name][name]
                 if cell.error is None:
                     run_cell(name, case, n, repeats, cell)
-            progress = "  ".join(
-                f"{name}={fmt_cell(cells[case.name][name])}" for name in loops
-            )
-            print(
-                f"[{case.name} {r + 1}/{rounds}] {progress}",
-                file=sys.stderr,
-                flush=True,
-            )
+                shown = "FAILED" if cell.error else f"{fmt_ns(cell.best())} ns"
+                progress.step(f"{name} {case.name} {shown}")
     return cells
 
 
@@ -529,11 +520,7 @@ def table_rows(
         row = [case.title]
         for name in loops:
             installed = probes[name]["ok"]
-            row.append(
-                fmt_cell(cells[case.name][name])
-                if installed
-                else probes[name]["status"]
-            )
+            row.append(fmt_cell(cells[case.name][name]) if installed else probes[name]["status"])
         cpu = {name: cells[case.name][name].best() for name in loops}
         vs_uv = ratio(cpu.get("ferroloop"), cpu.get("uvloop"))
         vs_aio = ratio(cpu.get("ferroloop"), cpu.get("asyncio"))
@@ -563,9 +550,7 @@ def render(rows: list[list[str]], markdown: bool) -> str:
         lines = ["| " + " | ".join(r) + " |" for r in rows]
         lines.insert(
             1,
-            "|"
-            + "|".join("---" if i == 0 else "---:" for i in range(len(rows[0])))
-            + "|",
+            "|" + "|".join("---" if i == 0 else "---:" for i in range(len(rows[0]))) + "|",
         )
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -576,46 +561,6 @@ def render(rows: list[list[str]], markdown: bool) -> str:
         lines.append("  ".join(cells))
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_revision() -> str | None:
-    cmd = [
-        "git",
-        "-C",
-        str(Path(__file__).resolve().parent),
-        "rev-parse",
-        "--short",
-        "HEAD",
-    ]
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=10, check=False
-        )
-    except OSError:
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "git_revision": git_revision(),
-    }
 
 
 def describe(machine: dict[str, Any], probes: dict[str, dict[str, Any]]) -> str:
@@ -678,9 +623,7 @@ def parse_names(text: str | None, known: Sequence[str], what: str) -> list[str] 
     names = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in names if t not in known]
     if unknown:
-        raise SystemExit(
-            f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})"
-        )
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
     return names
 
 
@@ -688,12 +631,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--quick", action="store_true", help="short run (about a minute on 2 cores)"
-    )
-    ap.add_argument(
-        "--markdown", action="store_true", help="print the table as Markdown"
-    )
+    ap.add_argument("--quick", action="store_true", help="short run (about a minute on 2 cores)")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--loops", help=f"comma-separated subset of {','.join(LOOPS)}")
     ap.add_argument("--cases", help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument(
@@ -701,12 +640,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=int,
         help="fresh subprocesses per (loop, case) [quick 3, default 5]",
     )
-    ap.add_argument(
-        "--repeats", type=int, help="measurements per subprocess [quick 3, default 5]"
-    )
-    ap.add_argument(
-        "--output", type=Path, help="JSON path [bench/results/micro-<date>.json]"
-    )
+    ap.add_argument("--repeats", type=int, help="measurements per subprocess [quick 3, default 5]")
+    ap.add_argument("--output", type=Path, help="JSON path [bench/results/micro-<date>.json]")
     return ap.parse_args(argv)
 
 
@@ -748,9 +683,7 @@ def main(argv: Sequence[str]) -> int:
         "timer": "time.process_time_ns (all threads of the worker)",
     }
     runnable = [name for name in loops if probes[name]["ok"]]
-    cells = run_all(
-        runnable, cases, settings["scale"], settings["rounds"], settings["repeats"]
-    )
+    cells = run_all(runnable, cases, settings["scale"], settings["rounds"], settings["repeats"])
     for case in cases:  # loops that are not installed get empty cells
         for name in loops:
             cells[case.name].setdefault(name, Cell())
@@ -766,10 +699,7 @@ def main(argv: Sequence[str]) -> int:
     print(f"\n{FOOTNOTE}\n")
     print(render(wall_rows(cases, loops, cells, probes), args.markdown))
     failures = [
-        (c, n, cell.error)
-        for c, per in cells.items()
-        for n, cell in per.items()
-        if cell.error
+        (c, n, cell.error) for c, per in cells.items() for n, cell in per.items() if cell.error
     ]
     for case_name, name, error in failures:
         print(f"FAILED {name} {case_name}: {error}", file=sys.stderr)

@@ -114,7 +114,7 @@ def case_pipe(loop: Loop, mib: int) -> Sample:
             n = bad = 0
             while chunk := await stdout.read(READ_SIZE):
                 start = n % BLOCK
-                if chunk != doubled[start:start + len(chunk)]:
+                if chunk != doubled[start : start + len(chunk)]:
                     bad += 1
                 n += len(chunk)
             state["n"], state["bad"] = n, bad
