@@ -66,17 +66,17 @@ impl LoopCore {
         } else {
             0.0
         };
-        let result = if timeout_ms == 0 {
-            self.poller.wait(&mut events, 0)
-        } else {
-            let poller = &self.poller;
-            let (result, ev) = py.detach(move || {
-                let r = poller.wait(&mut events, timeout_ms);
-                (r, events)
-            });
-            events = ev;
-            result
-        };
+        // The GIL is released for every poll, a non-blocking one too, as asyncio's
+        // `selector.select(0)` and uvloop's `uv_run` release it: a thread waiting for the GIL
+        // (an executor worker finishing) runs at the next poll of a busy loop rather than at
+        // the interpreter's next forced switch (5 ms), and programs that rely on that
+        // hand-off (anyio's worker threads letting go of the loop) behave as on asyncio.
+        let poller = &self.poller;
+        let (result, ev) = py.detach(move || {
+            let r = poller.wait(&mut events, timeout_ms);
+            (r, events)
+        });
+        events = ev;
         self.poller.set_sleeping(false);
         // When the ready fds' callbacks became ready, for the lag histogram.
         let mut ready_at = 0.0;
