@@ -25,6 +25,8 @@ import errno
 import hashlib
 import os
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
@@ -781,3 +783,222 @@ def test_sock_sendall_eagain_twice_on_a_ready_socket(anyloop):
     assert pending == (anyloop.kind == "ferroloop")
     assert got == b"data"
     assert anyloop.handler_calls == []
+
+
+# --- datagram transports (src/transports/datagram.rs) ----------------------------------
+#
+# asyncio's `_SelectorDatagramTransport` (selector_events.py, 3.11.7): `_read_ready` (line
+# 1155) passes on BlockingIOError/InterruptedError, hands any other OSError to
+# `protocol.error_received` and reads on; `sendto` (line 1171) queues what the socket
+# refuses with BlockingIOError/InterruptedError and `_sendto_ready` (line 1215) sends the
+# queue in order when the socket is writable.
+
+
+class DatagramSink(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, object]] = []
+        self.errors: list[Exception] = []
+        self.lost: list[BaseException | None] = []
+        self.arrived = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.received.append((data, addr))
+        self.arrived.set()
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors.append(exc)
+        self.arrived.set()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.append(exc)
+
+
+class DatagramPair:
+    """A native datagram endpoint and a raw peer socket: UDP (the endpoint sends with
+    sendto to the peer's address) or Unix (the endpoint is connected to the peer's path)."""
+
+    async def open(self, family: str) -> DatagramPair:
+        loop = asyncio.get_running_loop()
+        self.dir = None
+        if family == "udp":
+            self.peer = udp_socket()
+            self.transport, self.proto = await loop.create_datagram_endpoint(
+                DatagramSink, local_addr=("127.0.0.1", 0)
+            )
+            self.dest: object = self.peer.getsockname()
+        else:
+            self.dir = tempfile.mkdtemp(prefix="fl-", dir="/tmp")
+            self.peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.peer.bind(os.path.join(self.dir, "peer"))
+            self.peer.setblocking(False)
+            self.transport, self.proto = await loop.create_datagram_endpoint(
+                DatagramSink,
+                family=socket.AF_UNIX,
+                local_addr=os.path.join(self.dir, "ep"),
+                remote_addr=os.path.join(self.dir, "peer"),
+            )
+            self.dest = None
+        self.address = self.transport.get_extra_info("sockname")
+        return self
+
+    def send(self, data: bytes) -> None:
+        """The endpoint sends one datagram to the peer."""
+        self.transport.sendto(data, self.dest)
+
+    async def wait_received(self, n: int) -> None:
+        while len(self.proto.received) < n:
+            self.proto.arrived.clear()
+            await asyncio.wait_for(self.proto.arrived.wait(), 10)
+
+    async def peer_receive(self, n: int) -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        got = []
+        for _ in range(n):
+            data, _ = await asyncio.wait_for(loop.sock_recvfrom(self.peer, 1 << 16), 10)
+            got.append(data)
+        return got
+
+    async def close(self) -> None:
+        self.transport.close()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        self.peer.close()
+        if self.dir is not None:
+            for name in os.listdir(self.dir):
+                os.unlink(os.path.join(self.dir, name))
+            os.rmdir(self.dir)
+
+
+def datagrams(n: int) -> list[bytes]:
+    return [payload(i)[: 50 + i * 7] for i in range(n)]
+
+
+@pytest.mark.parametrize("family", ["udp", "unix"])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        ("recvfrom", errno.EINTR, 1000),
+        ("recvfrom", errno.EAGAIN, 50),
+        ("sendto", errno.EINTR, 1000),
+    ],
+    ids=["eintr-recvfrom", "eagain-recvfrom", "eintr-sendto"],
+)
+def test_datagram_eintr_and_eagain_are_invisible(floop, family, plan):
+    """EINTR storms on recvfrom and sendto, and 50 EAGAINs on recvfrom (one per
+    `_read_ready`; the reader is level-triggered, so it runs again): every datagram
+    arrives once, whole and in order, both ways, and the protocol sees no error."""
+
+    async def main() -> tuple[list, list, list, list, list]:
+        pair = await DatagramPair().open(family)
+        try:
+            op, code, count = plan
+            _ferroloop._inject_faults(op, errno=code, count=count)
+            incoming = datagrams(40)
+            for data in incoming:
+                pair.peer.sendto(data, pair.address)
+            await pair.wait_received(len(incoming))
+            outgoing = datagrams(30)[::-1]
+            for data in outgoing:
+                pair.send(data)
+            got = await pair.peer_receive(len(outgoing))
+            received = [data for data, _ in pair.proto.received]
+            senders = {addr for _, addr in pair.proto.received}
+            assert senders == {pair.peer.getsockname()}
+            return incoming, received, outgoing, got, pair.proto.errors
+        finally:
+            await pair.close()
+
+    incoming, received, outgoing, got, errors = floop.run_until_complete(main())
+    assert received == incoming
+    assert got == outgoing
+    assert errors == []
+    assert floop.handler_calls == []
+
+
+@pytest.mark.parametrize("family", ["udp", "unix"])
+def test_datagram_econnrefused_on_recvfrom_goes_to_error_received(floop, family):
+    """ECONNREFUSED from recvfrom (a connected UDP socket's ICMP port unreachable):
+    `protocol.error_received(ConnectionRefusedError)`, the endpoint stays open and reads
+    on; the datagram that was waiting arrives next, nothing is lost."""
+
+    async def main() -> tuple[list, list, bool, list]:
+        pair = await DatagramPair().open(family)
+        try:
+            _ferroloop._inject_faults("recvfrom", errno=errno.ECONNREFUSED)
+            pair.peer.sendto(b"one", pair.address)
+            await pair.wait_received(1)
+            pair.peer.sendto(b"two", pair.address)
+            await pair.wait_received(2)
+            pair.send(b"still open")
+            got = await pair.peer_receive(1)
+            closing = pair.transport.is_closing()
+            received = [data for data, _ in pair.proto.received]
+            return pair.proto.errors, received, closing, got + pair.proto.lost
+        finally:
+            await pair.close()
+
+    errors, received, closing, rest = floop.run_until_complete(main())
+    assert len(errors) == 1 and type(errors[0]) is ConnectionRefusedError
+    assert errors[0].errno == errno.ECONNREFUSED
+    assert received == [b"one", b"two"]
+    assert not closing
+    assert rest == [b"still open"]
+    assert floop.handler_calls == []
+
+
+def test_udp_kernel_econnrefused_matches_asyncio(anyloop):
+    """The same without a plan, on both loops: a connected UDP endpoint sends to a closed
+    port, the kernel's ICMP port unreachable fails the next recvfrom with ECONNREFUSED, and
+    the protocol's error_received gets a ConnectionRefusedError; the endpoint stays
+    open."""
+
+    async def main() -> tuple[list, bool, list]:
+        loop = asyncio.get_running_loop()
+        closed = udp_socket()
+        address = closed.getsockname()
+        closed.close()
+        transport, proto = await loop.create_datagram_endpoint(DatagramSink, remote_addr=address)
+        try:
+            transport.sendto(b"ping")
+            await asyncio.wait_for(proto.arrived.wait(), 10)
+            return proto.errors, transport.is_closing(), list(proto.lost)
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+
+    errors, closing, lost = anyloop.run_until_complete(main())
+    assert len(errors) == 1 and type(errors[0]) is ConnectionRefusedError
+    assert not closing
+    assert lost == []
+    assert anyloop.handler_calls == []
+
+
+@pytest.mark.parametrize("family", ["udp", "unix"])
+def test_datagram_eagain_on_sendto_queues_in_order(floop, family):
+    """EAGAIN on the first sendto and on the first two flushes: the refused datagram and
+    every one sent after it are queued (get_write_buffer_size counts them, with 8 bytes of
+    header each from 3.13, gh-113812) and reach the peer once, in the order sent."""
+
+    async def main() -> tuple[int, int, list, list, list, int]:
+        pair = await DatagramPair().open(family)
+        try:
+            _ferroloop._inject_faults("sendto", errno=errno.EAGAIN, count=3)
+            outgoing = datagrams(20)
+            for data in outgoing:
+                pair.send(data)
+            queued = pair.transport.get_write_buffer_size()
+            header = 8 if sys.version_info >= (3, 13) else 0
+            expected = sum(len(d) + header for d in outgoing)
+            got = await pair.peer_receive(len(outgoing))
+            left = pair.transport.get_write_buffer_size()
+            return queued, expected, outgoing, got, pair.proto.errors, left
+        finally:
+            await pair.close()
+
+    queued, expected, outgoing, got, errors, left = floop.run_until_complete(main())
+    assert queued == expected
+    assert got == outgoing
+    assert errors == []
+    assert left == 0
+    assert floop.handler_calls == []
