@@ -1002,3 +1002,150 @@ def test_datagram_eagain_on_sendto_queues_in_order(floop, family):
     assert errors == []
     assert left == 0
     assert floop.handler_calls == []
+
+
+# --- pipes (src/transports/stream.rs, Kind::ReadPipe / Kind::WritePipe) ---------------
+#
+# asyncio's `_UnixWritePipeTransport.write` (unix_events.py, 3.11.7 line 678) tries
+# `os.write` first and buffers what the pipe does not take, BlockingIOError and
+# InterruptedError meaning "nothing taken"; any other error is `_fatal_error` (line 775:
+# an OSError is not reported to the exception handler) and `connection_lost(exc)`.
+# `_UnixReadPipeTransport._read_ready` (line 519) passes on BlockingIOError and
+# InterruptedError.
+
+
+class PipeSink(Sink):
+    def eof_received(self) -> bool:
+        if not self.done.done():
+            self.done.set_result(None)
+        return False
+
+
+async def pipe_transports() -> tuple[asyncio.WriteTransport, Sink, asyncio.ReadTransport, Sink]:
+    """A write pipe transport feeding a read pipe transport through one os.pipe()."""
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    rtransport, rsink = await loop.connect_read_pipe(PipeSink, os.fdopen(r, "rb", 0))
+    wtransport, wsink = await loop.connect_write_pipe(Sink, os.fdopen(w, "wb", 0))
+    return wtransport, wsink, rtransport, rsink
+
+
+def plan_short_writes() -> None:
+    for k in range(1, 65):
+        _ferroloop._inject_faults("write", partial=k)
+        _ferroloop._inject_faults("write_vectored", partial=max(1, k // 2), count=3)
+
+
+PIPE_PLANS = {
+    "short-writes": plan_short_writes,
+    "eagain-write": lambda: (
+        _ferroloop._inject_faults("write", errno=errno.EAGAIN, count=20),
+        _ferroloop._inject_faults("write_vectored", errno=errno.EAGAIN, count=50),
+    ),
+    "eintr-write": lambda: _ferroloop._inject_faults("write", errno=errno.EINTR, count=1000),
+    "eintr-write_vectored": lambda: _ferroloop._inject_faults(
+        "write_vectored", errno=errno.EINTR, count=1000
+    ),
+    "eintr-read": lambda: _ferroloop._inject_faults("read", errno=errno.EINTR, count=1000),
+    "eagain-read": lambda: _ferroloop._inject_faults("read", errno=errno.EAGAIN, count=50),
+}
+
+
+@pytest.mark.parametrize("plan", PIPE_PLANS)
+def test_pipe_faults_lose_nothing(floop, plan):
+    """Short writes of every length (1-64 bytes, and short writevs), EAGAIN on the writes
+    and flushes, EINTR storms on write, writev and read, EAGAIN on read: the read pipe gets
+    every byte written to the write pipe once, in order; closing the write pipe ends the
+    read pipe with EOF, and both transports end with connection_lost(None)."""
+
+    async def main() -> tuple[bytes, bytes, list, list, int]:
+        wtransport, wsink, rtransport, rsink = await pipe_transports()
+        PIPE_PLANS[plan]()
+        sent = bytearray()
+        for k in range(1, 65):
+            # Each write on an empty buffer, so that it goes to write() first.
+            await wait_until(lambda: wtransport.get_write_buffer_size() == 0)
+            data = payload(64 + k)[: 64 + k]
+            wtransport.write(data)
+            sent += data
+        big = payload(300_000)
+        wtransport.write(big)
+        sent += big
+        await wait_until(lambda: len(rsink.data) >= len(sent))
+        wtransport.close()
+        await asyncio.wait_for(rsink.done, 10)
+        await asyncio.wait_for(wsink.done, 10)
+        rtransport.close()
+        await asyncio.sleep(0)
+        return bytes(sent), bytes(rsink.data), wsink.lost, rsink.lost, await short_writes_left()
+
+    sent, got, wlost, rlost, left = floop.run_until_complete(main())
+    assert hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
+    assert left == 0
+    assert wlost == [None]
+    assert rlost == [None]
+    assert floop.handler_calls == []
+
+
+def test_write_pipe_eagain_queues_the_write(floop):
+    """EAGAIN on the first write and 50 flushes: the whole write is queued (counted by
+    get_write_buffer_size) and arrives once the pipe takes it."""
+
+    async def main() -> tuple[int, bytes, bytes]:
+        wtransport, _, rtransport, rsink = await pipe_transports()
+        _ferroloop._inject_faults("write", errno=errno.EAGAIN)
+        _ferroloop._inject_faults("write_vectored", errno=errno.EAGAIN, count=50)
+        data = payload(100_000)
+        wtransport.write(data)
+        queued = wtransport.get_write_buffer_size()
+        await wait_until(lambda: len(rsink.data) >= len(data))
+        wtransport.close()
+        await asyncio.wait_for(rsink.done, 10)
+        rtransport.close()
+        await asyncio.sleep(0)
+        return queued, data, bytes(rsink.data)
+
+    queued, data, got = floop.run_until_complete(main())
+    assert queued == len(data)
+    assert got == data
+
+
+def test_write_pipe_epipe_is_connection_lost(floop):
+    """EPIPE from a pipe write: connection_lost(BrokenPipeError) once, not reported to the
+    exception handler (an OSError, unix_events.py line 775), the transport closing; a later
+    write is dropped."""
+
+    async def main() -> tuple[list, bool, int]:
+        wtransport, wsink, rtransport, rsink = await pipe_transports()
+        _ferroloop._inject_faults("write", errno=errno.EPIPE)
+        wtransport.write(b"lost")
+        await asyncio.wait_for(wsink.done, 10)
+        wtransport.write(b"after")
+        rtransport.close()
+        await asyncio.sleep(0)
+        return wsink.lost, wtransport.is_closing(), wtransport.get_write_buffer_size()
+
+    lost, closing, size = floop.run_until_complete(main())
+    assert len(lost) == 1 and type(lost[0]) is BrokenPipeError
+    assert closing
+    assert size == 0
+    assert floop.handler_calls == []
+
+
+def test_write_pipe_kernel_epipe_matches_asyncio(anyloop):
+    """The same without a plan, on both loops: the read end is closed and the next write
+    fails with EPIPE (SIGPIPE is ignored by Python): connection_lost(BrokenPipeError),
+    nothing for the exception handler."""
+
+    async def main() -> list:
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        wtransport, wsink = await loop.connect_write_pipe(Sink, os.fdopen(w, "wb", 0))
+        os.close(r)
+        wtransport.write(b"x" * 1000)  # before the loop polls the closed pipe
+        await asyncio.wait_for(wsink.done, 10)
+        return wsink.lost
+
+    lost = anyloop.run_until_complete(main())
+    assert len(lost) == 1 and type(lost[0]) is BrokenPipeError
+    assert anyloop.handler_calls == []
