@@ -10,11 +10,21 @@ return for that call; what asyncio does with it is `selector_events.py`'s code:
 * EAGAIN and short writes: what the kernel did not take is queued and sent when writable;
 * ECONNRESET on a read, EPIPE on a write: `_fatal_error` with an OSError, which asyncio
   does not report to the exception handler, then `connection_lost(exc)`;
-* ENOBUFS on a datagram send: `protocol.error_received(exc)`, the endpoint stays open;
-* EMFILE on `sock_accept`: the OSError is raised from the awaited call.
+* ENOBUFS on a datagram send, any OSError from a datagram receive (ECONNREFUSED):
+  `protocol.error_received(exc)`, the endpoint stays open;
+* an error in a `sock_*` operation (EMFILE or ECONNABORTED on `sock_accept`, ECONNRESET
+  on `sock_recv`, EPIPE on `sock_sendall`, ENOBUFS on `sock_sendto`...): the OSError is
+  raised from the awaited call;
+* EPIPE on a write pipe: `connection_lost(BrokenPipeError)` (`unix_events.py`).
 
 `epoll_wait` (src/event_loop/poller.rs) takes the same plans: EINTR there runs Python's
 signal handlers, and the loop goes on.
+
+Covered: native stream transports, the `sock_*` operations, datagram transports (UDP and
+Unix), read and write pipe transports, and TLS over a native TCP transport. Where a
+scenario can be had without a plan (a kernel error, or a socket method that raises), it
+also runs on asyncio's SelectorEventLoop (`anyloop`), and both loops must agree; the one
+place they differ is shown by `test_sock_sendall_eagain_twice_on_a_ready_socket`.
 """
 
 from __future__ import annotations
@@ -24,7 +34,10 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -1149,3 +1162,133 @@ def test_write_pipe_kernel_epipe_matches_asyncio(anyloop):
     lost = anyloop.run_until_complete(main())
     assert len(lost) == 1 and type(lost[0]) is BrokenPipeError
     assert anyloop.handler_calls == []
+
+
+# --- SSL over a native TCP transport ----------------------------------------------------
+#
+# asyncio wires `sslproto.SSLProtocol` over the loop's socket transport (GUIDE §2.7), so
+# every TLS record goes through the native write and read paths and their faults.
+
+
+@pytest.fixture(scope="module")
+def tls_cert(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for localhost/127.0.0.1 and its key: made with the
+    `cryptography` package when the venv has it, else with `openssl req`."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    try:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        if shutil.which("openssl") is None:
+            pytest.skip("neither the cryptography package nor openssl to make a certificate")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+             "-days", "2", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        return cert, key
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(private, hashes.SHA256())
+    )
+    with open(cert, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key, "wb") as f:
+        f.write(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert, key
+
+
+def plan_tls_short_writes() -> None:
+    for k in range(1, 65):
+        _ferroloop._inject_faults("write", partial=k, count=2)
+        _ferroloop._inject_faults("write_vectored", partial=k * 3, count=2)
+
+
+def plan_tls_eintr() -> None:
+    for op in ("read", "write", "write_vectored"):
+        _ferroloop._inject_faults(op, errno=errno.EINTR, count=1000)
+
+
+@pytest.mark.parametrize("plan", [plan_tls_short_writes, plan_tls_eintr], ids=["short", "eintr"])
+def test_ssl_stream_intact_under_faults(floop, tls_cert, plan):
+    """TLS between asyncio.open_connection and asyncio.start_server on the loop, the
+    handshake and the data under short writes of every length (and short writevs) or EINTR
+    storms on read, write and writev: the server gets the client's bytes and the client
+    gets them back, intact (checksums both ways), and both ends close cleanly."""
+    cert, key = tls_cert
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=cert)
+
+    async def main() -> tuple[bytes, bytes, bytes, str | None, int]:
+        size = 200_000
+        server_got: list[bytes] = []
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            data = await reader.readexactly(size)
+            server_got.append(hashlib.sha256(data).digest())
+            for i in range(0, size, 7000):
+                writer.write(data[i : i + 7000])
+            await writer.drain()
+            await reader.read()  # until the client closes
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        plan()
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"),
+            10,
+        )
+        version = writer.get_extra_info("ssl_object").version()
+        out = payload(size)[:size]
+        for i in range(0, size, 5000):
+            writer.write(out[i : i + 5000])
+        await writer.drain()
+        back = await asyncio.wait_for(reader.readexactly(size), 20)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        left = await short_writes_left()
+        digests = hashlib.sha256(out).digest(), server_got[0], hashlib.sha256(back).digest()
+        return (*digests, version, left)
+
+    sent, server_got, client_got, version, left = floop.run_until_complete(main())
+    assert version is not None
+    assert left == 0
+    assert server_got == sent
+    assert client_got == sent
+    assert floop.handler_calls == []
