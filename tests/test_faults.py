@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import ferroloop
 import pytest
@@ -419,7 +419,7 @@ class SockCase:
             self.peer = socket.create_connection(self.sock.getsockname())
             self.socks += [self.sock, self.peer]
 
-    def call(self):  # noqa: ANN201 - a coroutine of the loop's own kind
+    def call(self) -> Awaitable[object]:
         loop, sock, op = self.loop, self.sock, self.op
         if op == "sock_recv":
             return loop.sock_recv(sock, 4096)
