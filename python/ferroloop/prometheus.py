@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ._exporting import LoopSource
     from .metrics import Histogram, LoopMetrics
 
-__all__ = ["CONTENT_TYPE", "FerroloopCollector", "exposition", "families"]
+__all__ = ["CONTENT_TYPE", "Family", "FerroloopCollector", "exposition", "families"]
 
 #: The content type of `exposition`'s text.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
