@@ -677,3 +677,46 @@ def test_fastapi_app_scraped_over_http(tmp_path: Path, loop_setting: str) -> Non
     finally:
         proc.kill()  # its graceful shutdown is not what this tests
         proc.wait(10)
+
+
+# ------------------------------------------------- loop.metrics() behind them
+
+
+def test_snapshot_gauges_follow_the_queue_and_timers(loop: Any) -> None:
+    handles = [loop.call_later(60, lambda: None) for _ in range(5)]
+    handles[0].cancel()
+    handles[1].cancel()
+    loop.call_soon(lambda: None)
+    m = loop.metrics()
+    assert (m.ready, m.timers, m.timers_cancelled) == (1, 3, 2)
+    for h in handles:
+        h.cancel()
+
+
+def test_level_off_counts_nothing(loop: Any) -> None:
+    loop.set_metrics_level("off")
+    before = loop.metrics()
+    for _ in range(10):
+        loop.call_soon(lambda: None)
+    loop.run_until_complete(asyncio.sleep(0))
+    after = loop.metrics()
+    assert after.level == "off"
+    assert after.callbacks == before.callbacks
+    assert after.lag.count == before.lag.count
+
+
+def test_snapshot_from_another_thread_while_blocked(loop: Any) -> None:
+    """While the loop is blocked in a callback, another thread's snapshot still answers (the
+    GIL-holding loop thread waits in join for it)."""
+    got: list[Any] = []
+
+    def block() -> None:
+        t = threading.Thread(target=lambda: got.append(loop.metrics()))
+        t.start()
+        t.join(10)
+        time.sleep(0.05)
+
+    loop.call_soon(block)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert len(got) == 1 and got[0].running
+    assert loop.metrics().busy_seconds >= 0.05
