@@ -4,6 +4,12 @@ Runs an unmodified asyncio program with ferroloop's policy installed, so every l
 asyncio creates (asyncio.run, asyncio.new_event_loop, get_event_loop) is a ferroloop loop.
 `sys.argv`, `sys.path[0]`, `__name__ == "__main__"` and the exit status are what
 `python script.py` / `python -m module` would give.
+
+``--metrics-port PORT [--metrics-host HOST]`` (before the script) also serves
+``GET /metrics``, the Prometheus text exposition of every loop the program creates through
+ferroloop (`ferroloop.prometheus`), from a daemon thread (so a scrape is answered while the
+loop is blocked), and raises those loops' metrics level to ``"callbacks"`` unless
+``FERROLOOP_METRICS`` is set.
 """
 
 from __future__ import annotations
@@ -15,16 +21,84 @@ import os
 import runpy
 import sys
 import types
+from typing import NoReturn
 
 from . import _install_quietly
 
-USAGE = "usage: python -m ferroloop script.py [args...]\n       python -m ferroloop -m module [args...]\n"
+USAGE = (
+    "usage: python -m ferroloop [--metrics-port PORT [--metrics-host HOST]] script.py [args...]\n"
+    "       python -m ferroloop [--metrics-port PORT [--metrics-host HOST]] -m module [args...]\n"
+    "\n"
+    "  --metrics-port PORT  serve Prometheus metrics of the program's loops at\n"
+    "                       http://HOST:PORT/metrics (0: a free port; the URL is printed)\n"
+    "  --metrics-host HOST  address to bind (default 127.0.0.1)\n"
+)
+
+_OPTIONS = ("--metrics-port", "--metrics-host")
+
+
+def _usage_error(message: str) -> NoReturn:
+    sys.stderr.write(f"ferroloop: {message}\n{USAGE}")
+    raise SystemExit(2)
+
+
+def parse_options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Splits ferroloop's own options (before the script or ``-m``) from the program's
+    command line: ``({"--metrics-port": "8000", ...}, rest)``. Exits with status 2 (after a
+    message) on an option missing its value or given twice."""
+    options: dict[str, str] = {}
+    while argv and argv[0].startswith("--metrics-"):
+        name, eq, value = argv[0].partition("=")
+        if name not in _OPTIONS:
+            _usage_error(f"unknown option {name}")
+        if not eq:
+            if len(argv) < 2:
+                _usage_error(f"{name} needs a value")
+            value, argv = argv[1], argv[2:]
+        else:
+            argv = argv[1:]
+        if name in options:
+            _usage_error(f"{name} given twice")
+        options[name] = value
+    if "--metrics-host" in options and "--metrics-port" not in options:
+        _usage_error("--metrics-host needs --metrics-port")
+    return options, argv
+
+
+def start_metrics(options: dict[str, str]) -> None:
+    """Tracks the program's loops and serves their metrics (see the module documentation);
+    prints the URL to stderr. Exits with status 2 on a bad port or address."""
+    text = options["--metrics-port"]
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        _usage_error(f"--metrics-port must be a port number from 0 to 65535, not {text!r}")
+    from ._exporting import LoopRegistry, track_loops
+    from ._metrics_server import serve
+
+    registry = LoopRegistry()
+    host = options.get("--metrics-host", "127.0.0.1")
+    try:
+        url = serve(registry, host, port)
+    except OSError as exc:
+        sys.stderr.write(f"ferroloop: cannot serve metrics on {host} port {port}: {exc}\n")
+        raise SystemExit(2) from None
+    track_loops(registry)
+    sys.stderr.write(f"ferroloop: metrics on {url}\n")
+    sys.stderr.flush()
 
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stderr.write(USAGE)
         raise SystemExit(0 if argv else 2)
+    options, argv = parse_options(argv)
+    if not argv:
+        _usage_error("no script or -m module given")
+    if options:
+        start_metrics(options)
     _install_quietly()
     if argv[0] == "-m":
         if len(argv) < 2:
