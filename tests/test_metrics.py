@@ -131,10 +131,12 @@ def test_metrics_from_another_thread_while_the_loop_is_blocked() -> None:
         spin(0.3)  # the loop is stuck in this step while the thread reads
         thread.join()
 
-    run(main)
+    run(main, "callbacks")
     assert seen and seen[0].running
-    # The stretch in progress counts as busy.
+    # The stretch in progress counts as busy, and shows as the callback running now.
     assert seen[0].busy_seconds >= 0.08
+    assert 0.08 <= seen[0].current_callback_seconds < 1.0
+    assert seen[0].longest_iteration_seconds >= 0.08
 
 
 def test_timers_fds_and_tasks_gauges() -> None:
@@ -352,3 +354,22 @@ def test_watchdog_runs_only_while_the_loop_runs() -> None:
     assert run(main, "callbacks") == 1
     assert run(main, "loop") == 0
     assert watchdogs() == []
+
+
+def test_slow_code_without_a_source_file_is_named_not_ferroloop() -> None:
+    """Code compiled from a string has no file outside the libraries: the location is its
+    own innermost frame, never ferroloop's run loop (also from a source checkout)."""
+    namespace: dict[str, Any] = {}
+    exec(
+        compile("import time\ndef stall():\n    time.sleep(0.06)\n", "<string>", "exec"), namespace
+    )
+
+    async def main(loop: ferroloop.Loop) -> LoopMetrics:
+        loop.slow_callback_duration = 0.02
+        loop.call_soon(namespace["stall"])
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return loop.metrics()
+
+    (slow,) = run(main, "callbacks").recent_slow_callbacks
+    assert slow.location == "<string>:3 in stall"

@@ -68,6 +68,7 @@ EXPECTED = {
     "ferroloop_loop_busy_seconds": "counter",
     "ferroloop_loop_poll_seconds": "counter",
     "ferroloop_loop_longest_iteration_seconds": "gauge",
+    "ferroloop_callback_running_seconds": "gauge",
     "ferroloop_callback_lag_seconds": "histogram",
     "ferroloop_slow_callbacks": "counter",
     "ferroloop_slow_callback_seconds": "counter",
@@ -290,13 +291,12 @@ def test_loop_sources(ferroloop: Any, loop: Any) -> None:
     assert set(parse(prometheus.exposition(lambda: [loop]))[1]) == keys
     assert set(parse(prometheus.exposition(lambda: loop))[1]) == keys
     assert set(parse(prometheus.exposition(loop))[1]) == keys
-    registry = _exporting.LoopRegistry()
-    registry.add(loop)
-    assert registry() == [loop]
+    # None: every open loop of the process, oldest first (ferroloop.metrics.loops).
     other = ferroloop.new_event_loop()
-    registry.add(other)
+    assert ferroloop.metrics.loops()[-2:] == [loop, other]
     other.close()
-    assert registry() == [loop]
+    assert other not in ferroloop.metrics.loops()
+    assert set(parse(prometheus.exposition())[1]) >= keys
     with pytest.raises(TypeError):
         prometheus.exposition(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError):

@@ -6,10 +6,10 @@ asyncio creates (asyncio.run, asyncio.new_event_loop, get_event_loop) is a ferro
 `python script.py` / `python -m module` would give.
 
 ``--metrics-port PORT [--metrics-host HOST]`` (before the script) also serves
-``GET /metrics``, the Prometheus text exposition of every loop the program creates through
-ferroloop (`ferroloop.prometheus`), from a daemon thread (so a scrape is answered while the
-loop is blocked), and raises those loops' metrics level to ``"callbacks"`` unless
-``FERROLOOP_METRICS`` is set.
+``GET /metrics``, the Prometheus text exposition of every ferroloop loop of the process
+(`ferroloop.prometheus`), from a daemon thread (so a scrape is answered while the loop is
+blocked), and makes new loops measure at level ``"callbacks"`` unless ``FERROLOOP_METRICS``
+is set.
 """
 
 from __future__ import annotations
@@ -75,17 +75,17 @@ def start_metrics(options: dict[str, str]) -> None:
         port = -1
     if not 0 <= port <= 65535:
         _usage_error(f"--metrics-port must be a port number from 0 to 65535, not {text!r}")
-    from ._exporting import LoopRegistry, track_loops
+    from . import metrics
     from ._metrics_server import serve
 
-    registry = LoopRegistry()
     host = options.get("--metrics-host", "127.0.0.1")
     try:
-        url = serve(registry, host, port)
+        url = serve(metrics.loops, host, port)
     except OSError as exc:
         sys.stderr.write(f"ferroloop: cannot serve metrics on {host} port {port}: {exc}\n")
         raise SystemExit(2) from None
-    track_loops(registry)
+    # Lag and slow callbacks for every loop the program makes (FERROLOOP_METRICS wins).
+    metrics.set_default_level("callbacks")
     sys.stderr.write(f"ferroloop: metrics on {url}\n")
     sys.stderr.flush()
 

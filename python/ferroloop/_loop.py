@@ -100,6 +100,7 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
         )
         self._watchdog: _metrics.SlowCallbackWatchdog | None = None
         self._set_metrics_level(_metrics.default_level())
+        _metrics.register(self)
         self._init_networking()
         self.set_debug(coroutines._is_debug_mode())
         # A subclass with its own clock: timers follow it, as asyncio's follow `self.time()`.

@@ -35,10 +35,19 @@ import threading
 import time
 import traceback
 import types
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["LEVELS", "Histogram", "LoopMetrics", "SlowCallback", "default_level"]
+__all__ = [
+    "LEVELS",
+    "Histogram",
+    "LoopMetrics",
+    "SlowCallback",
+    "default_level",
+    "loops",
+    "set_default_level",
+]
 
 logger = logging.getLogger("asyncio")
 
@@ -52,10 +61,44 @@ RECENT_SLOW_CALLBACKS = 16
 STACK_LIMIT = 12
 
 
+_default_level: str | None = None
+
+
 def default_level() -> str:
     """The level new loops start at: ``FERROLOOP_METRICS`` if set (``off``, ``loop`` or
-    ``callbacks``), else ``"loop"``. An unknown value raises ValueError when a loop is made."""
-    return os.environ.get("FERROLOOP_METRICS", "loop").strip().lower() or "loop"
+    ``callbacks``), else the one `set_default_level` gave, else ``"loop"``. An unknown value
+    raises ValueError when a loop is made."""
+    env = os.environ.get("FERROLOOP_METRICS", "").strip().lower()
+    return env or _default_level or "loop"
+
+
+def set_default_level(level: str | None) -> None:
+    """The level of loops created from now on in this process, unless ``FERROLOOP_METRICS``
+    says otherwise (None: back to ``"loop"``). ``python -m ferroloop --metrics-port`` sets
+    ``"callbacks"``. Raises ValueError for an unknown level."""
+    global _default_level
+    if level is not None and level not in LEVELS:
+        raise ValueError(f"metrics level must be 'off', 'loop' or 'callbacks', not {level!r}")
+    _default_level = level
+
+
+# The loops of this process, in creation order (weakly held: a loop leaves when collected).
+_loops: weakref.WeakKeyDictionary[Any, None] = weakref.WeakKeyDictionary()
+_loops_lock = threading.Lock()
+
+
+def register(loop: Any) -> None:
+    """Called by every ferroloop loop when it is made."""
+    with _loops_lock:
+        _loops[loop] = None
+
+
+def loops() -> list[Any]:
+    """The open ferroloop loops of this process, oldest first (any thread). The exporters
+    (`ferroloop.prometheus`, `ferroloop.opentelemetry`) export these by default."""
+    with _loops_lock:
+        found = list(_loops)
+    return [loop for loop in found if not loop.is_closed()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +168,9 @@ class LoopMetrics:
     Gauges (now):
     - `longest_iteration_seconds`: the longest stretch between two polls (one iteration, or
       several with callbacks always ready and no fd watched).
+    - `current_callback_seconds`: how long the callback running now has run, 0.0 when none
+      runs or callbacks are not timed (level "callbacks" or debug mode): a loop stuck in a
+      callback shows here while it is stuck.
     - `ready`: callbacks in the ready queue; `timers`: timers scheduled and not cancelled;
       `timers_cancelled`: cancelled timers not yet dropped; `fds`: fds registered with the
       poller; `transports`: open native transports by kind (``tcp``, ``unix``, ``pipe``,
@@ -142,6 +188,7 @@ class LoopMetrics:
     busy_seconds: float
     poll_seconds: float
     longest_iteration_seconds: float
+    current_callback_seconds: float
     lag: Histogram
     slow_callbacks: int
     slow_callback_seconds: float
@@ -187,6 +234,7 @@ def snapshot(loop: Any, recent: tuple[SlowCallback, ...]) -> LoopMetrics:
         busy_seconds=raw["busy_seconds"],
         poll_seconds=raw["poll_seconds"],
         longest_iteration_seconds=raw["longest_iteration_seconds"],
+        current_callback_seconds=_running_for(raw["time"], raw["callback_started"]),
         lag=Histogram(tuple(raw["lag_bounds"]), counts, sum(counts), raw["lag_sum"]),
         slow_callbacks=raw["slow_callbacks"],
         slow_callback_seconds=raw["slow_callback_seconds"],
@@ -205,6 +253,10 @@ def snapshot(loop: Any, recent: tuple[SlowCallback, ...]) -> LoopMetrics:
         writes=raw["writes"],
         tasks=_task_count(loop),
     )
+
+
+def _running_for(now: float, started: float) -> float:
+    return max(now - started, 0.0) if started > 0 else 0.0
 
 
 def _loop_state(loop: Any) -> tuple[int, int, int, int]:
@@ -229,8 +281,11 @@ def _task_count(loop: Any) -> int:
 
 
 def _library_paths() -> tuple[str, ...]:
+    """Where code that is not the user's lives: the standard library, installed packages,
+    and ferroloop itself (also when run from a source checkout)."""
     paths = sysconfig.get_paths()
     found = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    found.add(os.path.dirname(os.path.abspath(__file__)))
     return tuple(sorted(os.path.join(p, "") for p in found))
 
 
@@ -241,29 +296,34 @@ def _frame_text(frame: traceback.FrameSummary) -> str:
     return f"{frame.filename}:{frame.lineno} in {frame.name}"
 
 
-def _blocking_location(stack: traceback.StackSummary) -> str | None:
-    """The innermost frame of user code (outside the standard library and installed
-    packages), else the innermost frame."""
-    for frame in reversed(stack):
-        if not frame.filename.startswith(_LIBRARY_PATHS) and not frame.filename.startswith("<"):
+def _is_user_code(filename: str) -> bool:
+    """Not the standard library (frozen modules included), an installed package or
+    ferroloop; code compiled from a string (``<string>``, ``<stdin>``) is the user's."""
+    return not filename.startswith(_LIBRARY_PATHS) and not filename.startswith("<frozen")
+
+
+def _innermost_user_frame(frames: list[traceback.FrameSummary]) -> str | None:
+    """The innermost frame (`frames` run outermost first) of user code (outside the
+    standard library, installed packages and ferroloop), else the innermost frame."""
+    for frame in reversed(frames):
+        if _is_user_code(frame.filename):
             return _frame_text(frame)
-    return _frame_text(stack[-1]) if stack else None
+    return _frame_text(frames[-1]) if frames else None
 
 
 def _suspended_at(task: asyncio.Task[Any]) -> str | None:
-    """Where a task's coroutine chain is suspended now (its innermost frame)."""
+    """Where a task's coroutine chain is suspended now: its innermost frame of user code,
+    else its innermost frame."""
     coro: Any = task.get_coro()
-    frame = None
+    frames = []
     while coro is not None:
         f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if f is None:
             break
-        frame = f
+        code = f.f_code
+        frames.append(traceback.FrameSummary(code.co_filename, f.f_lineno, code.co_name))
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    if frame is None:
-        return None
-    code = frame.f_code
-    return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+    return _innermost_user_frame(frames)
 
 
 def _task_of(handle: Any) -> asyncio.Task[Any] | None:
@@ -278,7 +338,7 @@ def describe_slow_callback(
     task = _task_of(handle)
     coro = task.get_coro() if task is not None else None
     if stack:
-        location = _blocking_location(stack)
+        location = _innermost_user_frame(list(stack))
     else:
         location = _suspended_at(task) if task is not None else None
     return SlowCallback(

@@ -102,6 +102,14 @@ INSTRUMENTS: tuple[tuple[str, str, str, str, Callable[[LoopMetrics], _Rows]], ..
         _single(lambda m: m.poll_seconds),
     ),
     (
+        "ferroloop.callback.running_time",
+        "gauge",
+        "s",
+        "How long the callback running now has run (0 when none runs or callbacks are not "
+        "timed).",
+        _single(lambda m: m.current_callback_seconds),
+    ),
+    (
         "ferroloop.loop.longest_iteration",
         "gauge",
         "s",
@@ -240,7 +248,7 @@ class Instrumentation:
         self.closed = True
 
 
-def instrument(loops: LoopSource, meter_provider: Any = None) -> Instrumentation:
+def instrument(loops: LoopSource = None, meter_provider: Any = None) -> Instrumentation:
     """Registers ferroloop's observable instruments (`INSTRUMENTS`) on the meter
     ``ferroloop`` of `meter_provider` (default: the global one), observing the open loops of
     `loops`: a loop, an iterable or mapping of loops, or a callable returning one, called at

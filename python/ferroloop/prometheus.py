@@ -81,6 +81,13 @@ _PER_LOOP: tuple[tuple[str, str, str, Any], ...] = (
         lambda m: m.poll_seconds,
     ),
     (
+        "ferroloop_callback_running_seconds",
+        "gauge",
+        "How long the callback running now has run, in seconds (0 when none runs or "
+        "callbacks are not timed: metrics level callbacks or debug mode).",
+        lambda m: m.current_callback_seconds,
+    ),
+    (
         "ferroloop_loop_longest_iteration_seconds",
         "gauge",
         "The longest stretch between two polls, in seconds, since the loop was created.",
@@ -160,7 +167,7 @@ _SLOW_HELP = (
 )
 
 
-def families(loops: LoopSource) -> list[Family]:
+def families(loops: LoopSource = None) -> list[Family]:
     """The metric families of the open loops of `loops`, each loop's snapshot taken once.
 
     Raises TypeError when `loops` is not a loop source."""
@@ -238,7 +245,7 @@ def _histogram_lines(family: Family, values: tuple[str, ...], hist: Histogram) -
     yield f"{family.name}_sum{_labels(family.labels, values)} {_number(hist.sum)}"
 
 
-def exposition(loops: LoopSource) -> str:
+def exposition(loops: LoopSource = None) -> str:
     """The Prometheus text exposition (format 0.0.4, content type `CONTENT_TYPE`) of the
     open loops of `loops`: HELP and TYPE lines for every family (also with no loop), one
     series per loop labelled ``loop``.
@@ -270,7 +277,7 @@ class FerroloopCollector:
     collection. Raises ImportError, naming the package, when ``prometheus_client`` is not
     installed."""
 
-    def __init__(self, loops: LoopSource) -> None:
+    def __init__(self, loops: LoopSource = None) -> None:
         try:
             from prometheus_client import core
         except ImportError as exc:
