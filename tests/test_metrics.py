@@ -15,6 +15,7 @@ from typing import Any
 
 import ferroloop
 import pytest
+from blockbuster import blockbuster_ctx
 from ferroloop.metrics import LoopMetrics
 
 pytestmark = pytest.mark.timeout(30)
@@ -352,8 +353,34 @@ def test_watchdog_runs_only_while_the_loop_runs() -> None:
         return len(watchdogs())
 
     assert run(main, "callbacks") == 1
+    for thread in watchdogs():  # told to stop when the run ended; not waited for
+        thread.join(5)
     assert run(main, "loop") == 0
     assert watchdogs() == []
+
+
+def test_watchdog_waits_on_nothing_in_the_running_loop() -> None:
+    """blockbuster (which anyio's and others' test suites run) flags any lock the loop
+    thread waits on while a loop runs: the watchdog is started before the loop is set
+    running and is only signalled to stop, and a slow callback's sample is read without a
+    lock."""
+
+    async def spinning() -> None:
+        spin(0.06)  # slow, but not a blocking call blockbuster would flag
+
+    async def main(loop: ferroloop.Loop) -> LoopMetrics:
+        loop.slow_callback_duration = 0.02
+        await asyncio.create_task(spinning())
+        return loop.metrics()
+
+    with blockbuster_ctx("ferroloop"):
+        loop = ferroloop.new_event_loop()
+        loop.set_debug(True)
+        try:
+            snap = loop.run_until_complete(main(loop))
+        finally:
+            loop.close()
+    assert snap.slow_callbacks == 1
 
 
 def test_slow_code_without_a_source_file_is_named_not_ferroloop() -> None:

@@ -178,14 +178,16 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
             firstiter=self._asyncgen_firstiter_hook,
             finalizer=self._asyncgen_finalizer_hook,
         )
+        # Before the loop counts as running: starting a thread waits on a lock, which tools
+        # that flag blocking calls in a running loop (blockbuster) would report.
+        self._start_watchdog()
         events._set_running_loop(self)
-        self._sync_watchdog()
 
     def _run_forever_cleanup(self) -> None:
         """Everything run_forever() does after it stops (3.13's counterpart of the above)."""
-        self._stop_watchdog()
         self._set_running_thread(False)
         events._set_running_loop(None)
+        self._stop_watchdog()
         self._set_coroutine_origin_tracking(False)
         if self._old_agen_hooks is not None:
             sys.set_asyncgen_hooks(*self._old_agen_hooks)
@@ -245,7 +247,6 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
         self._set_debug_flag(bool(enabled))
         if self.is_running():
             self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
-            self.call_soon_threadsafe(self._sync_watchdog)
 
     def _set_coroutine_origin_tracking(self, enabled: bool) -> None:
         if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
@@ -273,26 +274,23 @@ class Loop(ProcessMixin, SocketMixin, NetworkingMixin, LoopCore, asyncio.Abstrac
     def set_metrics_level(self, level: str) -> None:
         """How much the loop measures: ``"off"``, ``"loop"`` (the default) or
         ``"callbacks"`` (see `ferroloop.metrics`). Raises ValueError for another value and
-        TypeError for a non-str. Counters keep their values across changes."""
+        TypeError for a non-str. Counters keep their values across changes; the
+        slow-callback watchdog follows a change at the next `run_forever`."""
         if not isinstance(level, str):
             raise TypeError(f"metrics level must be a str, not {type(level).__name__}")
         self._set_metrics_level(level)
-        if self.is_running():
-            self.call_soon_threadsafe(self._sync_watchdog)
 
     def _times_callbacks(self) -> bool:
         return self.get_debug() or self._get_metrics_level() == "callbacks"
 
-    def _sync_watchdog(self) -> None:
-        """Runs the slow-callback watchdog while the loop runs and times callbacks."""
-        wanted = self.is_running() and self._times_callbacks()
-        if wanted and self._watchdog is None:
+    def _start_watchdog(self) -> None:
+        """Starts the slow-callback watchdog for this run if the loop times callbacks."""
+        if self._watchdog is None and self._times_callbacks():
             self._watchdog = _metrics.SlowCallbackWatchdog(self, threading.get_ident())
             self._watchdog.start()
-        elif not wanted:
-            self._stop_watchdog()
 
     def _stop_watchdog(self) -> None:
+        """Tells the watchdog to end (it does at once, without being waited for)."""
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.stop()

@@ -25,7 +25,6 @@ field and what each level costs, measured.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import os
@@ -359,16 +358,16 @@ class SlowCallbackWatchdog:
 
     It wakes every quarter of the threshold (5 ms to 1 s), reads two atomics of the loop
     and, only when a callback is over the threshold, takes the GIL to read the stack. Runs
-    while the loop runs with callbacks timed; `stop()` joins it."""
+    while the loop runs with callbacks timed. `stop()` only signals it (the loop thread
+    never waits on it); it holds the loop weakly, so a stopped watchdog keeps nothing alive."""
 
     def __init__(self, loop: Any, loop_thread: int) -> None:
-        self._loop = loop
+        self._loop = weakref.ref(loop)
         self._loop_thread = loop_thread
         self._stop = threading.Event()
-        self._samples: collections.OrderedDict[int, traceback.StackSummary] = (
-            collections.OrderedDict()
-        )
-        self._lock = threading.Lock()
+        # (callback number, its stack): the latest sample. Replaced as a whole, so the loop
+        # thread reads it without a lock (which it could have to wait for).
+        self._sample: tuple[int, traceback.StackSummary] | None = None
         self._thread = threading.Thread(
             target=self._run, name="ferroloop-slow-callback-watchdog", daemon=True
         )
@@ -378,21 +377,30 @@ class SlowCallbackWatchdog:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Waits for the thread to end (for tests)."""
+        self._thread.join(timeout)
 
     def take_sample(self, seq: int) -> traceback.StackSummary | None:
-        """The stack sampled during callback number `seq`, if any (removed)."""
-        with self._lock:
-            return self._samples.pop(seq, None)
+        """The stack sampled during callback number `seq`, if any."""
+        sample = self._sample
+        return sample[1] if sample is not None and sample[0] == seq else None
 
     def _run(self) -> None:
         sampled = -1
         while True:
-            threshold = self._loop.slow_callback_duration
+            loop = self._loop()
+            if loop is None:
+                return
+            threshold = loop.slow_callback_duration
+            del loop
             if self._stop.wait(min(max(threshold / 4, 0.005), 1.0)):
                 return
-            seq, started = self._loop._current_callback()
+            loop = self._loop()
+            if loop is None:
+                return
+            seq, started = loop._current_callback()
             if started <= 0 or seq == sampled or time.monotonic() - started < threshold:
                 continue
             frame = sys._current_frames().get(self._loop_thread)
@@ -400,10 +408,8 @@ class SlowCallbackWatchdog:
                 continue
             stack = traceback.extract_stack(frame, limit=STACK_LIMIT)
             del frame
-            if self._loop._current_callback()[0] != seq:
+            if loop._current_callback()[0] != seq:
                 continue  # it ended while we sampled: the stack may be the next one's
+            del loop
             sampled = seq
-            with self._lock:
-                self._samples[seq] = stack
-                while len(self._samples) > 4:
-                    self._samples.popitem(last=False)
+            self._sample = (seq, stack)
