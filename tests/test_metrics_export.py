@@ -595,7 +595,8 @@ def test_fastapi_app_scraped_over_http(tmp_path: Path, loop_setting: str) -> Non
     """The issue's "done when": a FastAPI app run with `python -m ferroloop --metrics-port 0
     app.py`, scraped over real HTTP, reports utilisation, lag and the slow endpoint's
     callback by function and line. uvicorn's loop setting "none" lets asyncio.run() use the
-    policy; "ferroloop:new_event_loop" is looked up by uvicorn and found wrapped."""
+    policy; "ferroloop:new_event_loop" is imported by uvicorn. Either way the loop is in
+    the process's registry (ferroloop.metrics.loops)."""
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
     httpx = pytest.importorskip("httpx")
@@ -665,6 +666,8 @@ def test_fastapi_app_scraped_over_http(tmp_path: Path, loop_setting: str) -> Non
         assert value(samples, "ferroloop_transport_received_bytes_total", loop=lbl) > 0
         assert value(samples, "ferroloop_slow_callbacks_total", loop=lbl) >= 1
         assert value(samples, "ferroloop_loop_longest_iteration_seconds", loop=lbl) >= 0.2
+        # Scraped while /block held the loop: the callback running now shows it.
+        assert value(samples, "ferroloop_callback_running_seconds", loop=lbl) >= 0.3
         slow = [
             (dict(k[1]), v)
             for k, v in samples.items()
