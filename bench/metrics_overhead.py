@@ -113,38 +113,22 @@ def run_http(rounds: int, seconds: int) -> dict[str, tuple[float, float]]:
     return best
 
 
+def row(title: str, values: list[float], digits: int) -> str:
+    """A table row: the figure per level, then each level's ratio to level "off"."""
+    figures = " | ".join(f"{v:.{digits}f}" for v in values)
+    ratios = " | ".join(f"{v / values[0]:.3f}x" for v in values[1:])
+    return f"| {title} | {figures} | {ratios} |"
+
+
 def report(micro: dict[tuple[str, str], float], http: dict[str, tuple[float, float]]) -> None:
     print("| case | " + " | ".join(LEVELS) + " | loop / off | callbacks / off |")
     print("|---|" + "---|" * (len(LEVELS) + 2))
     for case in MICRO_CASES:
-        if ("off", case) not in micro:
-            continue
-        row = [micro[(lv, case)] for lv in LEVELS]
-        ratios = [row[1] / row[0], row[2] / row[0]]
-        print(
-            f"| {case} (CPU ns/op) | "
-            + " | ".join(f"{v:.1f}" for v in row)
-            + " | "
-            + " | ".join(f"{x:.3f}x" for x in ratios)
-            + " |"
-        )
+        if ("off", case) in micro:
+            print(row(f"{case} (CPU ns/op)", [micro[(lv, case)] for lv in LEVELS], 1))
     if http:
-        rps = [http[lv][0] for lv in LEVELS]
-        cpu = [http[lv][1] for lv in LEVELS]
-        print(
-            "| HTTP req/s | "
-            + " | ".join(f"{v:.0f}" for v in rps)
-            + " | "
-            + " | ".join(f"{v / rps[0]:.3f}x" for v in rps[1:])
-            + " |"
-        )
-        print(
-            "| HTTP server CPU us/req | "
-            + " | ".join(f"{v:.1f}" for v in cpu)
-            + " | "
-            + " | ".join(f"{v / cpu[0]:.3f}x" for v in cpu[1:])
-            + " |"
-        )
+        print(row("HTTP req/s", [http[lv][0] for lv in LEVELS], 0))
+        print(row("HTTP server CPU us/req", [http[lv][1] for lv in LEVELS], 1))
 
 
 def main() -> int:
