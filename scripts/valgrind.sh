@@ -7,7 +7,7 @@
 # scripts/valgrind-python.supp holds CPython's own noise (CPython frames only). Fails on any
 # invalid read/write/free or use of an uninitialised value, on a definite leak whose stack is in
 # ferroloop, or on a failed test (scripts/valgrind_report.py decides and prints the summary).
-# About 10-15 minutes on 2 cores. Not part of scripts/test.sh.
+# About 7-8 minutes on 2 cores (a first build adds one). Not part of scripts/test.sh.
 #   PYTHON  the interpreter (default: python3)
 #   LOGS    the folder for memcheck's logs (default: target/valgrind-logs)
 set -euo pipefail
