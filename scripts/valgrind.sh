@@ -10,6 +10,7 @@
 # About 7-8 minutes on 2 cores (a first build adds one). Not part of scripts/test.sh.
 #   PYTHON  the interpreter (default: python3)
 #   LOGS    the folder for memcheck's logs (default: target/valgrind-logs)
+#   VALGRIND  the valgrind to run (default: /usr/bin/valgrind, the Debian package)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
