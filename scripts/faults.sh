@@ -7,18 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-VENV=.venv-faults
-if [[ ! -x "$VENV/bin/python" ]]; then
-    "$PY" -m venv "$VENV"
-fi
-VPY="$VENV/bin/python"
-"$VPY" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$VPY" -m pip install --quiet --disable-pip-version-check pytest pytest-timeout pytest-asyncio maturin
-rm -rf target/wheels-faults
-CARGO_TARGET_DIR=target/faults "$VPY" -m maturin build --release --quiet \
-    --features fault-injection --interpreter "$VPY" --out target/wheels-faults
-"$VPY" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
-    target/wheels-faults/ferroloop-*.whl
+# shellcheck source=scripts/test_wheel.sh
+. scripts/test_wheel.sh
+install_test_wheel faults --features fault-injection
 # From a folder without python/ on the path, so the installed test build is imported.
 cd tests
 "../$VPY" -m pytest -q -p no:cacheprovider --rootdir=. test_faults.py
