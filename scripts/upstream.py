@@ -194,11 +194,14 @@ def venv_for(suite: Suite, source: Path, wheel: Path) -> Path:
     minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
     venv = ROOT / f".venv-upstream-{minor}-{suite.name}"
     python = venv / "bin" / "python"
-    # Made again when the wheel or what the suite installs changes.
+    # Made again when what the suite installs changes; ferroloop's wheel is installed every
+    # time (a rebuilt wheel keeps its file name).
     installs = repr((suite.version, suite.requirements, suite.groups, suite.uninstall, suite.env))
     digest = hashlib.sha256(installs.encode()).hexdigest()[:12]
-    marker = venv / f".ready-{digest}-{wheel.name}"
+    marker = venv / f".ready-{digest}"
     if marker.exists():
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        run([*pip, "--force-reinstall", "--no-deps", str(wheel)])
         return python
     base = getattr(sys, "_base_executable", sys.executable)
     if not python.exists():

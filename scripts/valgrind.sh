@@ -31,10 +31,6 @@ DESELECT=(
     # Timing: a child (not under memcheck) that sleeps 0.5 s must still run when the loop
     # closes, which takes longer than that under memcheck.
     "test_process.py::test_loop_closed_while_children_run[thread]"
-    # The child forked (without exec) runs under memcheck too and exits with its
-    # --error-exitcode (99, not the 0 asserted) when memcheck finds a definite leak at its exit.
-    "test_process.py::test_fork_child_cannot_use_inherited_loop_and_parent_keeps_watchers"
-    "test_process.py::test_fork_child_closing_loop_leaves_parent_watching"
 )
 
 # shellcheck source=scripts/test_wheel.sh
