@@ -358,8 +358,8 @@ class SlowCallbackWatchdog:
 
     It wakes every quarter of the threshold (5 ms to 1 s), reads two atomics of the loop
     and, only when a callback is over the threshold, takes the GIL to read the stack. Runs
-    while the loop runs with callbacks timed. `stop()` only signals it (the loop thread
-    never waits on it); it holds the loop weakly, so a stopped watchdog keeps nothing alive."""
+    while the loop runs with callbacks timed: started before the loop counts as running,
+    stopped (`stop()`, then `join()`) after it no longer does. It holds the loop weakly."""
 
     def __init__(self, loop: Any, loop_thread: int) -> None:
         self._loop = weakref.ref(loop)
@@ -379,7 +379,7 @@ class SlowCallbackWatchdog:
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> None:
-        """Waits for the thread to end (for tests)."""
+        """Waits for the thread to end (it does at once after `stop()`)."""
         self._thread.join(timeout)
 
     def take_sample(self, seq: int) -> traceback.StackSummary | None:
