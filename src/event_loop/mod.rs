@@ -106,12 +106,6 @@ pub struct LoopCore {
     created: f64,
 }
 
-/// Releases the GIL and yields the CPU once, so that a thread waiting for the GIL can take
-/// it now.
-fn py_yield(py: Python<'_>) {
-    py.detach(std::thread::yield_now);
-}
-
 fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
 }
@@ -981,12 +975,6 @@ impl LoopCore {
         };
         this.stats.stopped(clock::monotonic());
         this.stopping.store(false, Ordering::Relaxed);
-        // A hand-off to threads waiting for the GIL. asyncio releases it in every
-        // iteration's `select()` (its self-pipe is always registered), so a run always ends
-        // after one; ferroloop's iterations skip the poll while callbacks are ready and no
-        // fd is watched, so a short run could end without one and a thread woken during it
-        // (an executor worker told to stop) would wait for the interpreter's forced switch.
-        py_yield(slf.py());
         result
     }
 
