@@ -1094,21 +1094,10 @@ fn accept(sock: &Bound<'_, PyAny>, fd: RawFd, refs: &SockRefs) -> PyResult<Outco
 /// asyncio's `_sock_connect_cb`: the connection's outcome from SO_ERROR once the socket is
 /// writable.
 fn connect_result(fd: RawFd, address: &Bound<'_, PyAny>) -> Outcome {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` is a writable c_int whose size `len` gives.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
+    let err = match sys::socket_int_option(fd, libc::SO_ERROR) {
+        Ok(err) => err,
+        Err(e) => return Outcome::of_io(Err(e)),
     };
-    if rc < 0 {
-        return Outcome::of_io(Err(io::Error::last_os_error()));
-    }
     match err {
         0 => Outcome::Done(None),
         // asyncio raises OSError(err, ...) and catches BlockingIOError/InterruptedError,

@@ -215,27 +215,32 @@ pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// The address family of socket `fd` (`SO_DOMAIN`), or AF_UNSPEC when the kernel does not
-/// say (not a socket). Used once per transport, to count it by kind.
-pub(crate) fn socket_domain(fd: RawFd) -> libc::c_int {
-    let mut domain: libc::c_int = 0;
+/// An int-valued SOL_SOCKET option of socket `fd` (`getsockopt`).
+pub(crate) fn socket_int_option(fd: RawFd, option: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `domain` and `len` are live locals of the sizes given; the kernel writes at
-    // most `len` bytes into `domain` and reports a bad fd through the return value.
+    // SAFETY: `value` and `len` are live locals of the sizes given; the kernel writes at
+    // most `len` bytes into `value` and reports a bad fd or option through the return value.
     let rc = unsafe {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut domain as *mut libc::c_int).cast(),
+            option,
+            (&mut value as *mut libc::c_int).cast(),
             &mut len,
         )
     };
     if rc == 0 {
-        domain
+        Ok(value)
     } else {
-        libc::AF_UNSPEC
+        Err(io::Error::last_os_error())
     }
+}
+
+/// The address family of socket `fd` (`SO_DOMAIN`), or AF_UNSPEC when the kernel does not
+/// say (not a socket). Used once per transport, to count it by kind.
+pub(crate) fn socket_domain(fd: RawFd) -> libc::c_int {
+    socket_int_option(fd, libc::SO_DOMAIN).unwrap_or(libc::AF_UNSPEC)
 }
 
 /// Asks the kernel to grow a pipe's buffer to `size` bytes (`F_SETPIPE_SZ`). Best effort:
