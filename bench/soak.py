@@ -790,7 +790,7 @@ def run_loops(loops: list[str], head: str, one: Callable[[str], tuple[str, list[
         except subprocess.CalledProcessError as exc:
             problems = [f"worker exited with {exc.returncode}"]
             row = f"| {name} |" + " |" * (columns - 2) + f" FAIL: {problems[0]} |"
-        print(f"{name}: {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+        print(f"{name}: {time.monotonic() - start:.0f} s {row}", file=sys.stderr, flush=True)
         rows.append(row)
         if problems:
             failed.append(name)
