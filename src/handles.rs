@@ -156,37 +156,52 @@ impl Handle {
 
     /// Runs the callback inside its context. `Err` carries the exception it raised.
     pub fn run_runnable(py: Python<'_>, r: &Runnable) -> PyResult<()> {
-        let ctx = r.context.as_ptr();
-        // SAFETY: `ctx` is a live contextvars.Context (checked when the handle was made) kept
-        // alive by `r` for the whole call; enter and exit are paired on this thread with the
-        // GIL held, as the C API requires.
-        unsafe {
-            if ffi::PyContext_Enter(ctx) < 0 {
-                return Err(PyErr::fetch(py));
-            }
-            let result = match &r.args {
-                Args::Empty => ffi::PyObject_CallNoArgs(r.callback.as_ptr()),
-                Args::One(arg) => ffi::PyObject_CallOneArg(r.callback.as_ptr(), arg.as_ptr()),
-                Args::Tuple(args) => {
-                    ffi::PyObject_Call(r.callback.as_ptr(), args.as_ptr(), std::ptr::null_mut())
+        in_context(py, &r.context, || {
+            // SAFETY: the callback and its arguments are live objects kept alive by `r` for
+            // the whole call, made with the GIL held; a NULL result has the error set, which
+            // is fetched at once (before the context is left, so it is not disturbed).
+            unsafe {
+                let result = match &r.args {
+                    Args::Empty => ffi::PyObject_CallNoArgs(r.callback.as_ptr()),
+                    Args::One(arg) => ffi::PyObject_CallOneArg(r.callback.as_ptr(), arg.as_ptr()),
+                    Args::Tuple(args) => {
+                        ffi::PyObject_Call(r.callback.as_ptr(), args.as_ptr(), std::ptr::null_mut())
+                    }
+                };
+                if result.is_null() {
+                    Err(PyErr::fetch(py))
+                } else {
+                    ffi::Py_DECREF(result);
+                    Ok(())
                 }
-            };
-            // Fetch before exiting the context so the error indicator is not disturbed.
-            let err = if result.is_null() {
-                Some(PyErr::fetch(py))
-            } else {
-                ffi::Py_DECREF(result);
-                None
-            };
-            if ffi::PyContext_Exit(ctx) < 0 {
-                return Err(err.unwrap_or_else(|| PyErr::fetch(py)));
             }
-            match err {
-                Some(e) => Err(e),
-                None => Ok(()),
-            }
-        }
+        })
     }
+}
+
+/// Runs `f` inside `context` (a `contextvars.Context`), as `Context.run` does: `Err` carries
+/// what `f` raised, or the error entering or leaving the context raised.
+pub fn in_context<T>(
+    py: Python<'_>,
+    context: &Py<PyAny>,
+    f: impl FnOnce() -> PyResult<T>,
+) -> PyResult<T> {
+    let ctx = context.as_ptr();
+    // SAFETY: `ctx` is a live contextvars.Context (checked when it was stored) kept alive by
+    // `context` for the whole call; enter and exit are paired on this thread with the GIL
+    // held, as the C API requires.
+    if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let result = f();
+    // SAFETY: as above; this exits the context entered above.
+    if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
+        return Err(match result {
+            Err(e) => e,
+            Ok(_) => PyErr::fetch(py),
+        });
+    }
+    result
 }
 
 crate::gil_freelist!(HANDLE_FREELIST, handle_alloc, handle_free);

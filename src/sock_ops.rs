@@ -528,7 +528,7 @@ impl SockOp {
         }
         let fd = self.state.borrow(py)?.fd;
         if let Some(old) = lp.clear_sock_watcher(py, fd, self.dir)? {
-            Handle::cancel_inner(old.bind(py))?;
+            old.cancel(py, self.dir)?;
         }
         Ok(())
     }
@@ -669,7 +669,7 @@ impl SockOp {
         if let Some(old) =
             core.set_sock_watcher(py, fd, dir, handle.clone_ref(py), sock.bind(py))?
         {
-            Handle::cancel_inner(old.bind(py))?;
+            old.cancel(py, dir)?;
         }
         this.state.borrow_mut(py)?.handle = Some(handle);
         future.setattr(intern!(py, "_asyncio_future_blocking"), true)?;

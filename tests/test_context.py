@@ -220,3 +220,82 @@ def test_threadsafe_implicit_context_is_the_calling_threads(loop):
     loop.run_forever()
     t.join()
     assert seen == ["thread value"]
+
+
+class _Recorder(asyncio.Protocol):
+    """Records each data_received with the context variable it saw, then sets it."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.seen.append((data, var.get()))
+        var.set(data)
+
+
+@pytest.mark.timeout(10)
+def test_transport_read_path_runs_in_one_context_of_its_own(loop):
+    # asyncio's read watcher is one handle whose context is copied when reading starts:
+    # what data_received sets is seen by the next data_received, and never by the task
+    # that made the connection.
+    a, b = socket.socketpair()
+    seen = []
+
+    async def main():
+        var.set("outer")
+        transport, _ = await loop.create_connection(lambda: _Recorder(seen), sock=a)
+        for chunk in (b"1", b"2"):
+            b.send(chunk)
+            while len(seen) < int(chunk):
+                await asyncio.sleep(0.001)
+        outer = var.get()
+        transport.close()
+        await asyncio.sleep(0)
+        return outer
+
+    try:
+        assert loop.run_until_complete(contextvars.copy_context().run(main)) == "outer"
+        assert seen == [(b"1", "outer"), (b"2", b"1")]
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(10)
+def test_pause_reading_skips_a_read_already_ready_in_the_same_iteration(loop):
+    # Two connections readable in the same poll, each pausing the other on its first
+    # read: whichever runs first stops the other's read, already found ready (asyncio
+    # cancels the watcher handle), so exactly one data_received runs.
+    pairs = [socket.socketpair() for _ in range(2)]
+    seen = []
+    transports = []
+
+    class PausesTheOther(asyncio.Protocol):
+        def data_received(self, data):
+            seen.append(data)
+            for t in transports:
+                if t.is_reading():
+                    t.pause_reading()
+
+    async def main():
+        for a, _ in pairs:
+            t, _ = await loop.create_connection(PausesTheOther, sock=a)
+            transports.append(t)
+        await asyncio.sleep(0.01)  # reading has started on both
+        for _, b in pairs:
+            b.send(b"x")
+        await asyncio.sleep(0.05)
+        for t in transports:
+            t.close()
+        await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(main())
+        assert seen == [b"x"]
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()

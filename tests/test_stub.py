@@ -60,10 +60,10 @@ _LOOKUP = re.compile(
 # Lookups whose name is an expression, and where the names it takes are written (and so
 # extracted by `_NAME_PATTERNS`). A new one fails `test_indirect_lookups_are_known`.
 INDIRECT_LOOKUPS = {
-    # src/transports/base.rs `watch`: the core's own write-ready method, given to
-    # `NativeTransport::new` as the constant WRITE_READY of each core ("_write_ready",
-    # "_sendto_ready").
-    "this.write_ready": "const WRITE_READY in src/transports/stream.rs and datagram.rs",
+    # src/transports/base.rs `as_handle`: the core's read path, `intern!(py, "_read_ready")`,
+    # or its write path, given to `NativeTransport::new` in `ReadyPaths` as the constant
+    # WRITE_READY of each core ("_write_ready", "_sendto_ready").
+    "path_name": "intern! in as_handle; const WRITE_READY in src/transports/stream.rs and datagram.rs",
     # src/transports/base.rs `call_flow_control`: `intern!(py, "pause_writing")` and
     # `intern!(py, "resume_writing")` from maybe_pause_protocol / maybe_resume_protocol.
     "method": "intern! at the callers of call_flow_control",
@@ -103,8 +103,6 @@ INTERFACE_NAMES = {
     "set_result",
     "set_exception",
     "_asyncio_future_blocking",
-    # Handle.cancel (ours and asyncio's: a watcher handle replaced on an fd)
-    "cancel",
     # Keyword names: Future(loop=), Task(coro, loop=, name=, context=), a task factory's
     # context=; `context` is also the keyword our call_soon family parses.
     "loop",

@@ -26,9 +26,12 @@ use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 
+use pyo3::{PyTraverseError, PyVisit};
+
 use super::poller::{Ready, EDGE, ERROR_OR_HUP, READABLE, WRITABLE};
-use super::{LoopCore, State};
+use super::{Job, LoopCore, State};
 use crate::handles::{new_tracked, Args, Handle};
+use crate::transports::base::NativeTransport;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -44,10 +47,38 @@ pub struct EdgeReg {
     pub owner: Py<PyWeakrefReference>,
 }
 
+/// What the loop runs when an fd is ready in one direction.
+pub enum Watcher {
+    /// `add_reader`/`add_writer` or a `sock_*` operation: a handle for the ready queue.
+    Handle(Py<Handle>),
+    /// A native transport watching its own fd: the loop calls its read (or write) path
+    /// directly, in the transport's context (`NativeTransport::run_ready`). No `Handle`, no
+    /// bound method: an idle connection's reader costs the fd table entry alone.
+    Transport(Py<NativeTransport>),
+}
+
+impl Watcher {
+    /// What `remove_reader`/`remove_writer` do with the watcher they removed: a handle is
+    /// cancelled (asyncio's `_remove_reader`); a transport is told it is no longer watched.
+    pub fn cancel(self, py: Python<'_>, dir: Direction) -> PyResult<()> {
+        match self {
+            Watcher::Handle(h) => Handle::cancel_inner(h.bind(py)).map(drop),
+            Watcher::Transport(t) => crate::transports::base::unwatched(t.get(), py, dir),
+        }
+    }
+
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Watcher::Handle(h) => visit.call(h),
+            Watcher::Transport(t) => visit.call(t),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Watchers {
-    pub reader: Option<Py<Handle>>,
-    pub writer: Option<Py<Handle>>,
+    pub reader: Option<Watcher>,
+    pub writer: Option<Watcher>,
     /// The file object (not an int) last passed to `add_reader`/`add_writer` for this fd:
     /// asyncio's selector keeps it in its key, and finds the registration by it when the
     /// object can no longer give its fd (a socket closed after it was registered).
@@ -55,7 +86,7 @@ pub struct Watchers {
 }
 
 impl Watchers {
-    pub fn slot(&mut self, dir: Direction) -> &mut Option<Py<Handle>> {
+    pub fn slot(&mut self, dir: Direction) -> &mut Option<Watcher> {
         match dir {
             Direction::Read => &mut self.reader,
             Direction::Write => &mut self.writer,
@@ -120,8 +151,8 @@ impl LoopCore {
         py: Python<'_>,
         fd: RawFd,
         dir: Direction,
-        new: Option<Py<Handle>>,
-    ) -> PyResult<Option<Py<Handle>>> {
+        new: Option<Watcher>,
+    ) -> PyResult<Option<Watcher>> {
         if self.crossed_fork() {
             if new.is_some() {
                 self.check_not_forked()?;
@@ -185,16 +216,16 @@ impl LoopCore {
         dir: Direction,
         handle: Py<Handle>,
         owner: &Bound<'_, PyAny>,
-    ) -> PyResult<Option<Py<Handle>>> {
+    ) -> PyResult<Option<Watcher>> {
         let level = {
             let st = self.state.borrow(py)?;
             st.fds.contains_key(&fd) && !st.edge.contains_key(&fd)
         };
         if level || self.crossed_fork() {
-            return self.set_watcher(py, fd, dir, Some(handle));
+            return self.set_watcher(py, fd, dir, Some(Watcher::Handle(handle)));
         }
         let Ok(weak) = PyWeakrefReference::new(owner) else {
-            return self.set_watcher(py, fd, dir, Some(handle));
+            return self.set_watcher(py, fd, dir, Some(Watcher::Handle(handle)));
         };
         let bit = match dir {
             Direction::Read => READABLE,
@@ -235,7 +266,12 @@ impl LoopCore {
             drop(old);
             st = self.state.borrow_mut(py)?;
         }
-        let old = st.fds.entry(fd).or_default().slot(dir).replace(handle);
+        let old = st
+            .fds
+            .entry(fd)
+            .or_default()
+            .slot(dir)
+            .replace(Watcher::Handle(handle));
         Ok(old)
     }
 
@@ -247,7 +283,7 @@ impl LoopCore {
         py: Python<'_>,
         fd: RawFd,
         dir: Direction,
-    ) -> PyResult<Option<Py<Handle>>> {
+    ) -> PyResult<Option<Watcher>> {
         let mut st = self.state.borrow_mut(py)?;
         if !st.edge.contains_key(&fd) || self.crossed_fork() {
             drop(st);
@@ -277,7 +313,7 @@ impl LoopCore {
             py,
             this.new_handle(py, callback, Args::from_tuple(args), None)?,
         )?;
-        let old = this.set_watcher(py, fd, dir, Some(handle.clone_ref(py)))?;
+        let old = this.set_watcher(py, fd, dir, Some(Watcher::Handle(handle.clone_ref(py))))?;
         if !fileobj.is_instance_of::<PyInt>() {
             let previous = this
                 .state
@@ -288,7 +324,7 @@ impl LoopCore {
             drop(previous);
         }
         if let Some(old) = old {
-            old.bind(py).call_method0("cancel")?;
+            old.cancel(py, dir)?;
         }
         Ok(handle)
     }
@@ -327,7 +363,7 @@ impl LoopCore {
         };
         match this.set_watcher(py, fd, dir, None)? {
             Some(old) => {
-                old.bind(py).call_method0("cancel")?;
+                old.cancel(py, dir)?;
                 Ok(true)
             }
             None => Ok(false),
@@ -351,18 +387,23 @@ impl LoopCore {
                     (Direction::Read, READABLE, &w.reader),
                     (Direction::Write, WRITABLE, &w.writer),
                 ] {
-                    let Some(handle) = slot else { continue };
+                    let Some(watcher) = slot else { continue };
                     if ev.events & (bits | ERROR_OR_HUP) == 0 {
                         continue;
                     }
-                    if handle.get().is_cancelled() {
-                        stale.push((ev.fd, dir));
-                    } else {
-                        ready.push_back(super::Queued {
-                            handle: handle.clone_ref(py),
-                            ready_at,
-                        });
-                    }
+                    let job = match watcher {
+                        Watcher::Handle(h) if h.get().is_cancelled() => {
+                            stale.push((ev.fd, dir));
+                            continue;
+                        }
+                        Watcher::Handle(h) => Job::Handle(h.clone_ref(py)),
+                        Watcher::Transport(t) if !t.get().is_watched(py, dir)? => {
+                            stale.push((ev.fd, dir));
+                            continue;
+                        }
+                        Watcher::Transport(t) => Job::Transport(t.clone_ref(py), dir),
+                    };
+                    ready.push_back(super::Queued { job, ready_at });
                 }
             }
             st.events = events;

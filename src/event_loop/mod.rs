@@ -33,14 +33,31 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
 use crate::handles::{new_tracked, Args, Handle, TimerHandle};
+use crate::transports::base::NativeTransport;
 use fds::{Direction, Watchers};
 use poller::{Poller, Ready};
 use timers::Timers;
 
-/// A handle in the ready queue, and when it became ready (monotonic seconds; 0 unless the
+/// What the ready queue runs: a handle, or a native transport's read or write path (its
+/// own fd watcher, see `fds::Watcher::Transport`).
+pub(crate) enum Job {
+    Handle(Py<Handle>),
+    Transport(Py<NativeTransport>, Direction),
+}
+
+impl Job {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Job::Handle(h) => visit.call(h),
+            Job::Transport(t, _) => visit.call(t),
+        }
+    }
+}
+
+/// A job in the ready queue, and when it became ready (monotonic seconds; 0 unless the
 /// loop times callbacks, see `metrics::Level::Callbacks`).
 struct Queued {
-    handle: Py<Handle>,
+    job: Job,
     ready_at: f64,
 }
 
@@ -117,7 +134,10 @@ fn current_thread_ident() -> u64 {
 
 /// A copy of the current context (`contextvars.copy_context()`), or the given one, which must
 /// be a `contextvars.Context`.
-fn context_or_copy(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+pub(crate) fn context_or_copy(
+    py: Python<'_>,
+    context: Option<Bound<'_, PyAny>>,
+) -> PyResult<Py<PyAny>> {
     match context {
         Some(ctx) if !ctx.is_none() => {
             // SAFETY: type check on a live object.
@@ -331,7 +351,7 @@ impl LoopCore {
         let handle = new_tracked(py, handle)?;
         let ready_at = self.ready_stamp();
         self.state.borrow_mut(py)?.ready.push_back(Queued {
-            handle: handle.clone_ref(py),
+            job: Job::Handle(handle.clone_ref(py)),
             ready_at,
         });
         Ok(handle)
@@ -466,14 +486,15 @@ impl LoopCore {
             return Ok(());
         };
         for q in &st.ready {
-            visit.call(&q.handle)?;
+            q.job.traverse(&visit)?;
         }
         for e in st.timers.iter() {
             visit.call(&e.handle)?;
         }
         for w in st.fds.values() {
-            visit.call(&w.reader)?;
-            visit.call(&w.writer)?;
+            for watcher in [&w.reader, &w.writer].into_iter().flatten() {
+                watcher.traverse(&visit)?;
+            }
             visit.call(&w.fileobj)?;
         }
         for e in st.edge.values() {

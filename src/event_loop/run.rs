@@ -12,8 +12,49 @@ use super::clock;
 use super::metrics::Level;
 use super::poller::Ready;
 use super::timers::TimerEntry;
-use super::{LoopCore, Queued};
+use super::{Job, LoopCore, Queued};
 use crate::handles::{Handle, Runnable};
+use crate::transports::base::NativeTransport;
+
+/// What a job runs, taken out just before it runs.
+pub(super) enum Runner {
+    /// A handle's callback, arguments and context.
+    Handle(Runnable),
+    /// A transport's read or write path (the job says which).
+    Transport,
+}
+
+impl Job {
+    /// What to run; None if the handle was cancelled, or the transport is no longer
+    /// watched in that direction (asyncio cancels the watcher handle then), since the job
+    /// was queued.
+    pub(super) fn runner(&self, py: Python<'_>) -> PyResult<Option<Runner>> {
+        match self {
+            Job::Handle(h) => Ok(h.get().runnable(py)?.map(Runner::Handle)),
+            Job::Transport(t, dir) => {
+                Ok(t.get().is_watched(py, *dir)?.then_some(Runner::Transport))
+            }
+        }
+    }
+
+    pub(super) fn run(&self, py: Python<'_>, runner: &Runner) -> PyResult<()> {
+        match (self, runner) {
+            (Job::Transport(t, dir), Runner::Transport) => {
+                NativeTransport::run_ready(t.bind(py), *dir)
+            }
+            (_, Runner::Handle(r)) => Handle::run_runnable(py, r),
+            (Job::Handle(_), Runner::Transport) => Ok(()),
+        }
+    }
+
+    /// The handle asyncio would show for this job (debug mode's current handle, reports).
+    pub(super) fn handle(&self, py: Python<'_>) -> PyResult<Py<Handle>> {
+        match self {
+            Job::Handle(h) => Ok(h.clone_ref(py)),
+            Job::Transport(t, dir) => NativeTransport::as_handle(t.bind(py), *dir),
+        }
+    }
+}
 
 impl LoopCore {
     /// Drops cancelled timers from the heap and says how long the next wait may last
@@ -136,7 +177,10 @@ impl LoopCore {
                         _ => queued_at,
                     };
                     let handle = entry.handle.into_bound(py).into_super().unbind();
-                    st.ready.push_back(Queued { handle, ready_at });
+                    st.ready.push_back(Queued {
+                        job: Job::Handle(handle),
+                        ready_at,
+                    });
                 }
             }
         }
@@ -144,7 +188,7 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Runs the handles that were ready when this iteration began.
+    /// Runs the jobs that were ready when this iteration began.
     pub(super) fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         if this.is_debug() || this.stats.level() == Level::Callbacks {
@@ -157,12 +201,12 @@ impl LoopCore {
             let Some(queued) = this.state.borrow_mut(py)?.ready.pop_front() else {
                 break;
             };
-            let Some(runnable) = queued.handle.get().runnable(py)? else {
+            let Some(runner) = queued.job.runner(py)? else {
                 continue;
             };
             ran += 1;
-            if let Err(err) = Handle::run_runnable(py, &runnable) {
-                Self::report_callback_error(slf, &queued.handle, err)?;
+            if let Err(err) = queued.job.run(py, &runner) {
+                Self::report_callback_error(slf, &queued.job, err)?;
             }
         }
         if this.stats.level() >= Level::Loop {
@@ -183,23 +227,23 @@ impl LoopCore {
             let Some(queued) = this.state.borrow_mut(py)?.ready.pop_front() else {
                 break;
             };
-            let Some(runnable) = queued.handle.get().runnable(py)? else {
+            let Some(runner) = queued.job.runner(py)? else {
                 continue;
             };
-            let (outcome, end) = Self::run_timed(slf, &queued, &runnable, last_end)?;
+            let (outcome, end) = Self::run_timed(slf, &queued, &runner, last_end)?;
             last_end = end;
             if let Err(err) = outcome {
-                Self::report_callback_error(slf, &queued.handle, err)?;
+                Self::report_callback_error(slf, &queued.job, err)?;
             }
         }
         Ok(())
     }
 
-    /// Runs one callback that started at `start`; returns its outcome and when it ended.
+    /// Runs one job that started at `start`; returns its outcome and when it ended.
     fn run_timed(
         slf: &Bound<'_, Self>,
         queued: &Queued,
-        runnable: &Runnable,
+        runner: &Runner,
         start: f64,
     ) -> PyResult<(PyResult<()>, f64)> {
         let py = slf.py();
@@ -208,14 +252,14 @@ impl LoopCore {
         let counting = stats.level() >= Level::Loop;
         let debug = this.is_debug();
         if debug {
-            this.state.borrow_mut(py)?.current_handle = Some(queued.handle.clone_ref(py));
+            this.state.borrow_mut(py)?.current_handle = Some(queued.job.handle(py)?);
         }
         if queued.ready_at > 0.0 {
             stats.observe_lag(start - queued.ready_at);
         }
         stats.callback_seq.add(1);
         stats.callback_started.set(start);
-        let outcome = Handle::run_runnable(py, runnable);
+        let outcome = queued.job.run(py, runner);
         let end = clock::monotonic();
         stats.callback_started.set(0.0);
         if counting {
@@ -234,11 +278,7 @@ impl LoopCore {
             }
             slf.call_method1(
                 "_on_slow_callback",
-                (
-                    queued.handle.clone_ref(py),
-                    elapsed,
-                    stats.callback_seq.get(),
-                ),
+                (queued.job.handle(py)?, elapsed, stats.callback_seq.get()),
             )?;
         }
         Ok((outcome, end))
@@ -248,7 +288,7 @@ impl LoopCore {
     /// exception handler and the loop goes on (asyncio's `Handle._run`).
     pub(super) fn report_callback_error(
         slf: &Bound<'_, Self>,
-        handle: &Py<Handle>,
+        job: &Job,
         err: PyErr,
     ) -> PyResult<()> {
         let py = slf.py();
@@ -257,7 +297,7 @@ impl LoopCore {
         }
         slf.call_method1(
             "_report_callback_exception",
-            (handle.clone_ref(py), err.into_value(py)),
+            (job.handle(py)?, err.into_value(py)),
         )?;
         Ok(())
     }

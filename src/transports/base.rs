@@ -17,11 +17,11 @@ use pyo3::types::{PyDict, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
 pub(crate) use crate::errors::is_exit_exception;
-use crate::event_loop::fds::Direction;
+use crate::event_loop::fds::{Direction, Watcher};
 use crate::event_loop::metrics::{IoStats, TransportKind};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
-use crate::handles::{new_tracked, Handle};
+use crate::handles::{new_tracked, Args, Handle};
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 pub(crate) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -31,8 +31,8 @@ pub(crate) type LinkRefs = (
     Option<Py<LoopCore>>,
     Option<Py<PyAny>>,
     Option<Py<PyAny>>,
-    Option<Py<Handle>>,
-    Option<Py<Handle>>,
+    Option<Py<PyAny>>,
+    Option<Py<PyAny>>,
 );
 
 /// The state every transport core has, in asyncio's names.
@@ -42,10 +42,12 @@ pub(crate) struct Link {
     /// The Python transport that owns this core: what protocols and handlers are given.
     pub owner: Option<Py<PyAny>>,
     pub protocol: Option<Py<PyAny>>,
-    /// Our watcher handles, kept across pause/resume; `*_registered` says whether the loop
-    /// watches them now.
-    pub reader: Option<Py<Handle>>,
-    pub writer: Option<Py<Handle>>,
+    /// The `contextvars.Context` the read (write) path runs in: a copy of the context
+    /// current when the loop first watched the fd in that direction, as asyncio's
+    /// `_add_reader` handle takes one; kept across pause/resume. `*_registered` says
+    /// whether the loop watches the fd in that direction now (`fds::Watcher::Transport`).
+    pub reader_context: Option<Py<PyAny>>,
+    pub writer_context: Option<Py<PyAny>>,
     pub reader_registered: bool,
     pub writer_registered: bool,
     pub closing: bool,
@@ -64,8 +66,8 @@ impl Link {
             event_loop: Some(event_loop),
             owner: Some(owner),
             protocol: None,
-            reader: None,
-            writer: None,
+            reader_context: None,
+            writer_context: None,
             reader_registered: false,
             writer_registered: false,
             closing: false,
@@ -82,8 +84,8 @@ impl Link {
         visit.call(&self.event_loop)?;
         visit.call(&self.owner)?;
         visit.call(&self.protocol)?;
-        visit.call(&self.reader)?;
-        visit.call(&self.writer)?;
+        visit.call(&self.reader_context)?;
+        visit.call(&self.writer_context)?;
         Ok(())
     }
 
@@ -96,13 +98,21 @@ impl Link {
             self.event_loop.take(),
             self.owner.take(),
             self.protocol.take(),
-            self.reader.take(),
-            self.writer.take(),
+            self.reader_context.take(),
+            self.writer_context.take(),
         )
     }
 
     pub fn is_reading(&self) -> bool {
         !self.paused && !self.closing
+    }
+
+    /// Whether the loop watches the fd in direction `dir` for us now.
+    pub fn is_watched(&self, dir: Direction) -> bool {
+        match dir {
+            Direction::Read => self.reader_registered,
+            Direction::Write => self.writer_registered,
+        }
     }
 
     /// asyncio's `_set_write_buffer_limits`.
@@ -128,8 +138,8 @@ impl Link {
 #[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
 pub struct NativeTransport {
     fd: RawFd,
-    /// The name of the subclass's write watcher method (`_write_ready`, `_sendto_ready`).
-    write_ready: &'static str,
+    /// The subclass's read and write paths, which the loop calls when the fd is ready.
+    paths: ReadyPaths,
     /// Drops the data the subclass has queued (`_force_close`); the `Link` counts its bytes.
     drop_queue: DropQueue,
     link: GilCell<Link>,
@@ -141,20 +151,32 @@ pub struct NativeTransport {
 /// A subclass's hook that drops its queued data.
 pub(crate) type DropQueue = fn(&Bound<'_, NativeTransport>) -> PyResult<()>;
 
+/// A subclass's read or write path, called by the loop when the fd is ready.
+pub(crate) type ReadyPath = fn(&Bound<'_, NativeTransport>) -> PyResult<()>;
+
+/// A subclass's read and write paths, with the names Python knows them by (the
+/// `_read_ready` and `_write_ready`/`_sendto_ready` methods; a handle made for a debug
+/// report shows them).
+pub(crate) struct ReadyPaths {
+    pub read: ReadyPath,
+    pub write: ReadyPath,
+    pub write_name: &'static str,
+}
+
 impl NativeTransport {
     pub(crate) fn new(
         event_loop: Bound<'_, LoopCore>,
         owner: Py<PyAny>,
         fd: RawFd,
         kind: TransportKind,
-        write_ready: &'static str,
+        paths: ReadyPaths,
         drop_queue: DropQueue,
     ) -> Self {
         let io = event_loop.get().io_stats().clone();
         io.opened(kind);
         NativeTransport {
             fd,
-            write_ready,
+            paths,
             drop_queue,
             link: GilCell::new(Link::new(event_loop.unbind(), owner)),
             io,
@@ -193,6 +215,59 @@ impl NativeTransport {
         self.fd
     }
 
+    /// Whether the loop watches the fd in direction `dir` for this transport now.
+    pub(crate) fn is_watched(&self, py: Python<'_>, dir: Direction) -> PyResult<bool> {
+        Ok(self.link(py)?.is_watched(dir))
+    }
+
+    /// Runs the read (or write) path in its context: what the loop does when the fd is
+    /// ready (`event_loop::Job::Transport`). Errors the path does not handle itself
+    /// (KeyboardInterrupt, SystemExit) are returned.
+    pub(crate) fn run_ready(slf: &Bound<'_, Self>, dir: Direction) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let context = {
+            let link = this.link(py)?;
+            let context = match dir {
+                Direction::Read => &link.reader_context,
+                Direction::Write => &link.writer_context,
+            };
+            match context {
+                Some(c) => c.clone_ref(py),
+                None => return Ok(()), // released
+            }
+        };
+        let path = match dir {
+            Direction::Read => this.paths.read,
+            Direction::Write => this.paths.write,
+        };
+        crate::handles::in_context(py, &context, || path(slf))
+    }
+
+    /// A handle standing for the read (or write) path, as asyncio's watcher handle: for
+    /// debug mode's current handle and for reports (slow callback, exception handler).
+    pub(crate) fn as_handle(slf: &Bound<'_, Self>, dir: Direction) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        let path_name = match dir {
+            Direction::Read => intern!(py, "_read_ready"),
+            Direction::Write => &PyString::intern(py, this.paths.write_name),
+        };
+        let callback = slf.as_any().getattr(path_name)?.unbind();
+        let context = {
+            let link = this.link(py)?;
+            match dir {
+                Direction::Read => link.reader_context.as_ref().map(|c| c.clone_ref(py)),
+                Direction::Write => link.writer_context.as_ref().map(|c| c.clone_ref(py)),
+            }
+        };
+        let context = match context {
+            Some(c) => c,
+            None => crate::event_loop::context_or_copy(py, None)?,
+        };
+        new_tracked(py, Handle::new(callback, Args::Empty, context, None))
+    }
+
     pub(crate) fn link<'a>(&'a self, py: Python<'a>) -> PyResult<Ref<'a, Link>> {
         self.link.borrow(py)
     }
@@ -226,66 +301,65 @@ pub(crate) fn protocol(this: &NativeTransport, py: Python<'_>) -> PyResult<Py<Py
         .map_or_else(|| py.None(), |p| p.clone_ref(py)))
 }
 
-/// Starts or stops watching one direction of the fd, reusing the core's handle.
+/// Starts or stops watching one direction of the fd: the loop's fd table then holds this
+/// transport itself (`fds::Watcher::Transport`) and calls its path when the fd is ready.
 pub(crate) fn watch(slf: &Bound<'_, NativeTransport>, dir: Direction, on: bool) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
-    let (lp, current, registered) = {
+    let (lp, has_context) = {
         let link = this.link(py)?;
         let Some(lp) = link.event_loop.as_ref() else {
             return Ok(());
         };
-        let (h, r) = match dir {
-            Direction::Read => (&link.reader, link.reader_registered),
-            Direction::Write => (&link.writer, link.writer_registered),
+        if link.is_watched(dir) == on {
+            return Ok(());
+        }
+        let context = match dir {
+            Direction::Read => &link.reader_context,
+            Direction::Write => &link.writer_context,
         };
-        (lp.clone_ref(py), h.as_ref().map(|h| h.clone_ref(py)), r)
+        (lp.clone_ref(py), context.is_some())
     };
-    if on == registered {
-        return Ok(());
-    }
     let lpb = lp.bind(py).get();
-    let handle = if on {
+    let watcher = if on {
         if lpb.is_closed_flag() {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
-        match current {
-            Some(h) if !h.get().is_cancelled() => Some(h),
-            _ => {
-                let cb = match dir {
-                    Direction::Read => slf.as_any().getattr(intern!(py, "_read_ready"))?,
-                    Direction::Write => slf.as_any().getattr(this.write_ready)?,
-                };
-                Some(new_tracked(
-                    py,
-                    lpb.new_handle(py, cb.into_any(), crate::handles::Args::Empty, None)?,
-                )?)
+        if !has_context {
+            let context = crate::event_loop::context_or_copy(py, None)?;
+            let mut link = this.link_mut(py)?;
+            match dir {
+                Direction::Read => link.reader_context = Some(context),
+                Direction::Write => link.writer_context = Some(context),
             }
         }
+        Some(Watcher::Transport(slf.clone().unbind()))
     } else {
         None
     };
-    let ours = handle.as_ref().map(|h| h.clone_ref(py));
-    let replaced = lpb.set_watcher(py, this.fd(), dir, handle)?;
-    let is_ours = {
-        let mut guard = this.link_mut(py)?;
-        let link = &mut *guard;
-        let (slot, flag) = match dir {
-            Direction::Read => (&mut link.reader, &mut link.reader_registered),
-            Direction::Write => (&mut link.writer, &mut link.writer_registered),
-        };
-        *flag = on;
-        if let Some(h) = ours {
-            *slot = Some(h);
+    let replaced = lpb.set_watcher(py, this.fd(), dir, watcher)?;
+    {
+        let mut link = this.link_mut(py)?;
+        match dir {
+            Direction::Read => link.reader_registered = on,
+            Direction::Write => link.writer_registered = on,
         }
-        match (&replaced, slot.as_ref()) {
-            (Some(old), Some(mine)) => mine.is(old),
-            _ => true,
-        }
-    };
+    }
     // Someone else's watcher on our fd (not expected) is cancelled as asyncio would.
-    if let (Some(old), false) = (replaced, is_ours) {
-        old.bind(py).call_method0(intern!(py, "cancel"))?;
+    match replaced {
+        Some(Watcher::Transport(t)) if t.is(slf) => Ok(()),
+        Some(other) => other.cancel(py, dir),
+        None => Ok(()),
+    }
+}
+
+/// The loop no longer watches the fd in direction `dir` for this transport (its watcher
+/// was replaced or removed through the loop's own watcher methods).
+pub(crate) fn unwatched(this: &NativeTransport, py: Python<'_>, dir: Direction) -> PyResult<()> {
+    let mut link = this.link_mut(py)?;
+    match dir {
+        Direction::Read => link.reader_registered = false,
+        Direction::Write => link.writer_registered = false,
     }
     Ok(())
 }

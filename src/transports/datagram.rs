@@ -39,7 +39,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyClassInitializer;
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::base::{self, is_exit_exception, NativeTransport};
+use super::base::{self, is_exit_exception, NativeTransport, ReadyPaths};
 use crate::buffer::with_buffer;
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
@@ -49,10 +49,10 @@ use crate::gil_cell::GilCell;
 use crate::sockaddr::{address_to_py, parse_inet, SockAddr};
 use crate::sys::{self, would_block, would_block_err};
 
+/// The Python name of the write path (`ReadyPaths::write_name`).
+const WRITE_READY: &str = "_sendto_ready";
 /// Largest datagram read (asyncio's `max_size`); the loop's buffer is reused, so this costs
 /// no allocation per read.
-/// The write watcher method `NativeTransport` registers.
-const WRITE_READY: &str = "_sendto_ready";
 const MAX_SIZE: usize = 256 * 1024;
 const READ_ERROR: &str = "Fatal read error on datagram transport";
 const WRITE_ERROR: &str = "Fatal write error on datagram transport";
@@ -297,6 +297,16 @@ impl DatagramTransport {
     }
 
     /// `NativeTransport`'s hook for `_force_close`: drops the queued datagrams.
+    /// The loop's call of `_read_ready` when the fd is readable (`ReadyPaths`).
+    fn read_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
+        Self::_read_ready(base.cast::<Self>()?)
+    }
+
+    /// The loop's call of `_sendto_ready` when the fd is writable (`ReadyPaths`).
+    fn write_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
+        Self::_sendto_ready(base.cast::<Self>()?)
+    }
+
     fn drop_queue(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
         let py = base.py();
         let dropped = mem::take(&mut base.cast::<Self>()?.get().state.borrow_mut(py)?.queue);
@@ -329,7 +339,11 @@ impl DatagramTransport {
             owner,
             fd,
             TransportKind::of_socket(family, true),
-            WRITE_READY,
+            ReadyPaths {
+                read: Self::read_path,
+                write: Self::write_path,
+                write_name: WRITE_READY,
+            },
             Self::drop_queue,
         );
         Ok(

@@ -29,7 +29,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyClassInitializer;
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::base::{self, Link, NativeTransport};
+use super::base::{self, Link, NativeTransport, ReadyPaths};
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
 use crate::event_loop::metrics::{IoStats, TransportKind};
@@ -37,10 +37,10 @@ use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::sys::{self, would_block, would_block_err};
 
+/// The Python name of the write path (`ReadyPaths::write_name`).
+const WRITE_READY: &str = "_write_ready";
 /// Largest single read (asyncio's `max_size`); the loop's buffer is reused, so this costs
 /// no allocation per read.
-/// The write watcher method `NativeTransport` registers.
-const WRITE_READY: &str = "_write_ready";
 const MAX_READ: usize = 256 * 1024;
 /// A read at least this large switches the transport to reading into fresh `bytes`.
 const BULK_THRESHOLD: usize = 32 * 1024;
@@ -376,6 +376,16 @@ impl StreamTransport {
     }
 
     /// `NativeTransport`'s hook for `_force_close`: drops the unsent data.
+    /// The loop's call of `_read_ready` when the fd is readable (`ReadyPaths`).
+    fn read_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
+        Self::_read_ready(base.cast::<Self>()?)
+    }
+
+    /// The loop's call of `_write_ready` when the fd is writable (`ReadyPaths`).
+    fn write_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
+        Self::_write_ready(base.cast::<Self>()?)
+    }
+
     fn drop_queue(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
         let py = base.py();
         let this = base.cast::<Self>()?.get();
@@ -715,7 +725,11 @@ impl StreamTransport {
             owner,
             fd,
             metrics_kind,
-            WRITE_READY,
+            ReadyPaths {
+                read: Self::read_path,
+                write: Self::write_path,
+                write_name: WRITE_READY,
+            },
             Self::drop_queue,
         );
         Ok(
