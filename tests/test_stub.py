@@ -61,7 +61,7 @@ _LOOKUP = re.compile(
 # extracted by `_NAME_PATTERNS`). A new one fails `test_indirect_lookups_are_known`.
 INDIRECT_LOOKUPS = {
     # src/transports/base.rs `as_handle`: the core's read path, `intern!(py, "_read_ready")`,
-    # or its write path, given to `NativeTransport::new` in `ReadyPaths` as the constant
+    # or its write path, given to `NativeTransport::new` in `Hooks` as the constant
     # WRITE_READY of each core ("_write_ready", "_sendto_ready").
     "path_name": "intern! in as_handle; const WRITE_READY in src/transports/stream.rs and datagram.rs",
     # src/transports/base.rs `call_flow_control`: `intern!(py, "pause_writing")` and

@@ -138,29 +138,29 @@ impl Link {
 #[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
 pub struct NativeTransport {
     fd: RawFd,
-    /// The subclass's read and write paths, which the loop calls when the fd is ready.
-    paths: ReadyPaths,
-    /// Drops the data the subclass has queued (`_force_close`); the `Link` counts its bytes.
-    drop_queue: DropQueue,
+    /// What the subclass adds: its read and write paths, and dropping its queue.
+    hooks: &'static Hooks,
     link: GilCell<Link>,
     /// The loop's transport counters (`loop.metrics()`), and this transport's kind there.
     io: Arc<IoStats>,
     kind: TransportKind,
 }
 
-/// A subclass's hook that drops its queued data.
-pub(crate) type DropQueue = fn(&Bound<'_, NativeTransport>) -> PyResult<()>;
+/// One of a subclass's hooks, called with the transport.
+pub(crate) type Hook = fn(&Bound<'_, NativeTransport>) -> PyResult<()>;
 
-/// A subclass's read or write path, called by the loop when the fd is ready.
-pub(crate) type ReadyPath = fn(&Bound<'_, NativeTransport>) -> PyResult<()>;
-
-/// A subclass's read and write paths, with the names Python knows them by (the
-/// `_read_ready` and `_write_ready`/`_sendto_ready` methods; a handle made for a debug
-/// report shows them).
-pub(crate) struct ReadyPaths {
-    pub read: ReadyPath,
-    pub write: ReadyPath,
+/// What a subclass adds to the base, one static table per subclass (a pointer per
+/// transport, not four).
+pub(crate) struct Hooks {
+    /// The read path, called by the loop when the fd is readable (`_read_ready`).
+    pub read: Hook,
+    /// The write path, called by the loop when the fd is writable.
+    pub write: Hook,
+    /// The write path's Python name (`_write_ready`, `_sendto_ready`), which a handle made
+    /// for a debug report shows.
     pub write_name: &'static str,
+    /// Drops the data the subclass has queued (`_force_close`); the `Link` counts its bytes.
+    pub drop_queue: Hook,
 }
 
 impl NativeTransport {
@@ -169,15 +169,13 @@ impl NativeTransport {
         owner: Py<PyAny>,
         fd: RawFd,
         kind: TransportKind,
-        paths: ReadyPaths,
-        drop_queue: DropQueue,
+        hooks: &'static Hooks,
     ) -> Self {
         let io = event_loop.get().io_stats().clone();
         io.opened(kind);
         NativeTransport {
             fd,
-            paths,
-            drop_queue,
+            hooks,
             link: GilCell::new(Link::new(event_loop.unbind(), owner)),
             io,
             kind,
@@ -238,8 +236,8 @@ impl NativeTransport {
             }
         };
         let path = match dir {
-            Direction::Read => this.paths.read,
-            Direction::Write => this.paths.write,
+            Direction::Read => this.hooks.read,
+            Direction::Write => this.hooks.write,
         };
         crate::handles::in_context(py, &context, || path(slf))
     }
@@ -251,7 +249,7 @@ impl NativeTransport {
         let this = slf.get();
         let path_name = match dir {
             Direction::Read => intern!(py, "_read_ready"),
-            Direction::Write => &PyString::intern(py, this.paths.write_name),
+            Direction::Write => &PyString::intern(py, this.hooks.write_name),
         };
         let callback = slf.as_any().getattr(path_name)?.unbind();
         let context = {
@@ -602,7 +600,7 @@ pub(crate) fn force_close(slf: &Bound<'_, NativeTransport>, exc: Bound<'_, PyAny
         link.closing = true;
         link.conn_lost += 1;
     }
-    (slf.get().drop_queue)(slf)?;
+    (slf.get().hooks.drop_queue)(slf)?;
     watch(slf, Direction::Write, false)?;
     // Already stopped after close() (a no-op then); a write pipe's reader watches for the
     // other end going away and stops here too.

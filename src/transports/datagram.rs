@@ -39,7 +39,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyClassInitializer;
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::base::{self, is_exit_exception, NativeTransport, ReadyPaths};
+use super::base::{self, is_exit_exception, Hooks, NativeTransport};
 use crate::buffer::with_buffer;
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
@@ -49,7 +49,7 @@ use crate::gil_cell::GilCell;
 use crate::sockaddr::{address_to_py, parse_inet, SockAddr};
 use crate::sys::{self, would_block, would_block_err};
 
-/// The Python name of the write path (`ReadyPaths::write_name`).
+/// The Python name of the write path (`Hooks::write_name`).
 const WRITE_READY: &str = "_sendto_ready";
 /// Largest datagram read (asyncio's `max_size`); the loop's buffer is reused, so this costs
 /// no allocation per read.
@@ -297,12 +297,20 @@ impl DatagramTransport {
     }
 
     /// `NativeTransport`'s hook for `_force_close`: drops the queued datagrams.
-    /// The loop's call of `_read_ready` when the fd is readable (`ReadyPaths`).
+    /// What this core adds to `NativeTransport` (see `Hooks`).
+    const HOOKS: Hooks = Hooks {
+        read: Self::read_path,
+        write: Self::write_path,
+        write_name: WRITE_READY,
+        drop_queue: Self::drop_queue,
+    };
+
+    /// The loop's call of `_read_ready` when the fd is readable.
     fn read_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
         Self::_read_ready(base.cast::<Self>()?)
     }
 
-    /// The loop's call of `_sendto_ready` when the fd is writable (`ReadyPaths`).
+    /// The loop's call of `_sendto_ready` when the fd is writable.
     fn write_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
         Self::_sendto_ready(base.cast::<Self>()?)
     }
@@ -339,12 +347,7 @@ impl DatagramTransport {
             owner,
             fd,
             TransportKind::of_socket(family, true),
-            ReadyPaths {
-                read: Self::read_path,
-                write: Self::write_path,
-                write_name: WRITE_READY,
-            },
-            Self::drop_queue,
+            &Self::HOOKS,
         );
         Ok(
             PyClassInitializer::from(shared).add_subclass(DatagramTransport {

@@ -1,5 +1,7 @@
 //! Native transports. `base`: `NativeTransport`, what every transport shares; `stream`: TCP
-//! and Unix sockets and pipes; `datagram`: UDP and Unix datagram sockets.
+//! and Unix sockets and pipes (their unsent data: `write_queue`); `datagram`: UDP and Unix
+//! datagram sockets.
 pub mod base;
 pub mod datagram;
 pub mod stream;
+mod write_queue;

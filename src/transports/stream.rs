@@ -17,7 +17,6 @@
 //! watcher may run once after it was removed in the same iteration: `_read_ready` and
 //! `_write_ready` check that they are still registered before touching the fd.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -29,7 +28,8 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyClassInitializer;
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::base::{self, Link, NativeTransport, ReadyPaths};
+use super::base::{self, Hooks, Link, NativeTransport};
+use super::write_queue::WriteQueue;
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
 use crate::event_loop::metrics::{IoStats, TransportKind};
@@ -37,7 +37,7 @@ use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::sys::{self, would_block, would_block_err};
 
-/// The Python name of the write path (`ReadyPaths::write_name`).
+/// The Python name of the write path (`Hooks::write_name`).
 const WRITE_READY: &str = "_write_ready";
 /// Largest single read (asyncio's `max_size`); the loop's buffer is reused, so this costs
 /// no allocation per read.
@@ -107,9 +107,8 @@ struct State {
     /// With `py_io`: flush the queue with `sendmsg` (asyncio 3.12+) rather than `send`.
     py_sendmsg: bool,
     protocol_connected: bool,
-    /// Unsent data: whole `bytes` objects, the first one sent up to `head`.
-    queue: VecDeque<Py<PyBytes>>,
-    head: usize,
+    /// Unsent data.
+    queue: WriteQueue,
     eof: bool,
     /// The future `loop.sendfile` waits on for the buffer to drain (asyncio's
     /// `_empty_waiter`).
@@ -154,7 +153,11 @@ impl StreamTransport {
             let mut offered = 0usize;
             for (i, chunk) in st.queue.iter().take(MAX_IOVECS).enumerate() {
                 let bytes = chunk.as_bytes(py);
-                let part = if i == 0 { &bytes[st.head..] } else { bytes };
+                let part = if i == 0 {
+                    &bytes[st.queue.head()..]
+                } else {
+                    bytes
+                };
                 offered += part.len();
                 iov[i] = libc::iovec {
                     iov_base: part.as_ptr() as *mut _,
@@ -199,8 +202,8 @@ impl StreamTransport {
             let st = this.state.borrow(py)?;
             let mut chunks = Vec::with_capacity(st.queue.len());
             for (i, chunk) in st.queue.iter().enumerate() {
-                let part = if i == 0 && st.head > 0 {
-                    PyBytes::new(py, &chunk.as_bytes(py)[st.head..])
+                let part = if i == 0 && st.queue.head() > 0 {
+                    PyBytes::new(py, &chunk.as_bytes(py)[st.queue.head()..])
                 } else {
                     chunk.bind(py).clone()
                 };
@@ -376,12 +379,20 @@ impl StreamTransport {
     }
 
     /// `NativeTransport`'s hook for `_force_close`: drops the unsent data.
-    /// The loop's call of `_read_ready` when the fd is readable (`ReadyPaths`).
+    /// What this core adds to `NativeTransport` (see `Hooks`).
+    const HOOKS: Hooks = Hooks {
+        read: Self::read_path,
+        write: Self::write_path,
+        write_name: WRITE_READY,
+        drop_queue: Self::drop_queue,
+    };
+
+    /// The loop's call of `_read_ready` when the fd is readable.
     fn read_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
         Self::_read_ready(base.cast::<Self>()?)
     }
 
-    /// The loop's call of `_write_ready` when the fd is writable (`ReadyPaths`).
+    /// The loop's call of `_write_ready` when the fd is writable.
     fn write_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
         Self::_write_ready(base.cast::<Self>()?)
     }
@@ -389,11 +400,7 @@ impl StreamTransport {
     fn drop_queue(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
         let py = base.py();
         let this = base.cast::<Self>()?.get();
-        let dropped = {
-            let mut st = this.state.borrow_mut(py)?;
-            st.head = 0;
-            std::mem::take(&mut st.queue)
-        };
+        let dropped = { this.state.borrow_mut(py)?.queue.take() };
         drop(dropped);
         Ok(())
     }
@@ -482,23 +489,21 @@ fn consume(py: Python<'_>, st: &mut State, link: &mut Link, mut n: usize) {
     link.queued -= n;
     while n > 0 {
         let Some(front) = st.queue.front() else { break };
-        let left = front.as_bytes(py).len() - st.head;
+        let left = front.as_bytes(py).len() - st.queue.head();
         if n < left {
-            st.head += n;
+            st.queue.advance_head(n);
             return;
         }
         n -= left;
-        st.head = 0;
         // Dropping a `bytes` runs no Python code.
         st.queue.pop_front();
     }
     if st
         .queue
         .front()
-        .is_some_and(|f| f.as_bytes(py).len() == st.head)
+        .is_some_and(|f| f.as_bytes(py).len() == st.queue.head())
     {
         st.queue.pop_front();
-        st.head = 0;
     }
 }
 
@@ -613,11 +618,8 @@ impl StreamTransport {
         {
             let mut st = this.state.borrow_mut(py)?;
             let mut link = slf.as_super().get().link_mut(py)?;
-            if st.queue.is_empty() {
-                st.head = offset;
-            }
             link.queued += bytes.len() - offset;
-            st.queue.push_back(data.unbind());
+            st.queue.push_back(data.unbind(), offset);
             if this.kind == Kind::WritePipe && link.queued >= BULK_PIPE_QUEUE {
                 this.grow_pipe(&mut st);
             }
@@ -657,10 +659,9 @@ impl StreamTransport {
         if let Err(err) = result {
             let (dropped, waiter) = {
                 let mut st = this.state.borrow_mut(py)?;
-                st.head = 0;
                 shared.link_mut(py)?.queued = 0;
                 (
-                    std::mem::take(&mut st.queue),
+                    st.queue.take(),
                     st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
                 )
             };
@@ -720,18 +721,7 @@ impl StreamTransport {
             Kind::Socket => TransportKind::of_socket(sys::socket_domain(fd), false),
             Kind::ReadPipe | Kind::WritePipe => TransportKind::Pipe,
         };
-        let shared = NativeTransport::new(
-            event_loop,
-            owner,
-            fd,
-            metrics_kind,
-            ReadyPaths {
-                read: Self::read_path,
-                write: Self::write_path,
-                write_name: WRITE_READY,
-            },
-            Self::drop_queue,
-        );
+        let shared = NativeTransport::new(event_loop, owner, fd, metrics_kind, &Self::HOOKS);
         Ok(
             PyClassInitializer::from(shared).add_subclass(StreamTransport {
                 fd,
@@ -741,8 +731,7 @@ impl StreamTransport {
                     py_io: None,
                     py_sendmsg: false,
                     protocol_connected: false,
-                    queue: VecDeque::new(),
-                    head: 0,
+                    queue: WriteQueue::default(),
                     eof: false,
                     empty_waiter: None,
                     bulk: false,
@@ -988,7 +977,7 @@ impl StreamTransport {
         let py = slf.py();
         let dropped = {
             let mut st = slf.get().state.borrow_mut(py)?;
-            (st.py_io.take(), std::mem::take(&mut st.queue))
+            (st.py_io.take(), st.queue.take())
         };
         drop(dropped);
         base::release(slf.as_super().get(), py)
