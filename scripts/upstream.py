@@ -19,6 +19,13 @@ tests run twice with pytest from the unpacked sdist: plain (stock asyncio) and w
 pytest-timeout's per-test ``--timeout`` and ``--junitxml``; results are compared per test id
 (``suite::tests/file.py::Class::test[param]``).
 
+A suite that needs a database (``Suite.needs_postgres``: asyncpg) gets, for each of its two
+runs, a throw-away PostgreSQL cluster of its own from Debian's ``postgresql`` package (initdb
+and pg_ctl under /usr/lib/postgresql/*/bin; as root they run as the ``postgres`` user, since
+PostgreSQL refuses root): trust authentication, listening on a free 127.0.0.1 port only, its
+libpq variables (PGHOST, PGPORT, PGUSER, PGDATABASE) in the run's environment; it is stopped
+and removed after the run, whatever the run did (its log is kept in the run folder).
+
 Deselected: only what the suite itself marks as needing the Internet (``-m "not network"``),
 per suite what is listed in ``Suite.deselect`` with the reason beside it, and where this
 machine's "localhost" has no IPv6 address (no ``::1 localhost`` in /etc/hosts), the suite's
@@ -38,16 +45,21 @@ Recorded figures and the causes found: ``bench/results/upstream-<date>.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import glob
 import hashlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +92,9 @@ class Suite:
     tests_in_sdist: bool = True
     # Environment variables for the install and the runs.
     env: tuple[tuple[str, str], ...] = ()
+    # Each run gets a throw-away PostgreSQL server of its own (postgres_server()) and the
+    # libpq variables (PGHOST, PGPORT, PGUSER, PGDATABASE) that point clients at it.
+    needs_postgres: bool = False
 
 
 SUITES: dict[str, Suite] = {
@@ -142,6 +157,25 @@ SUITES: dict[str, Suite] = {
             requirements=("-r", "requirements/test.in"),
             pytest_args=("-n", "0", "--no-cov"),
             env=(("AIOHTTP_NO_EXTENSIONS", "1"),),
+        ),
+        # asyncpg: its "test" dependency group is lint and type tools (flake8, mypy: the
+        # code-quality tests skip without them), uvloop (used only with USE_UVLOOP=1),
+        # gssapi and k5test (Kerberos tests, which skip without k5test) and pytest: only
+        # pytest and distro (imported by test_connect.py) are needed. Its harness makes a
+        # cluster of its own with pg_ctl, which PostgreSQL refuses as root; with PGHOST set
+        # it uses the running server it is pointed at (asyncpg.cluster.RunningCluster), and
+        # the classes that need a cluster of their own or edit its pg_hba.conf skip
+        # ("unmanaged cluster": SSL, authentication, connection loss through its fuzzing
+        # proxy, large OIDs, pool reconnect), except TestConnectionAttributes, which makes
+        # its two clusters without asking and errors on both loops as root. The
+        # sdist's asyncpg/ has no compiled extensions: PYTHONSAFEPATH=1 keeps "python -m
+        # pytest" from putting it first on sys.path, so the tests import the built package.
+        Suite(
+            "asyncpg",
+            "0.32.0",
+            requirements=("pytest", "distro"),
+            env=(("PYTHONSAFEPATH", "1"),),
+            needs_postgres=True,
         ),
         # websockets: its sdist ships no tests (only src/), so there is nothing to run.
         Suite("websockets", "17.4", tests_in_sdist=False),
@@ -280,7 +314,60 @@ def ipv6_localhost() -> bool:
         return False
 
 
-def run_tests(suite: Suite, python: Path, source: Path, loop: str) -> tuple[dict[str, str], float]:
+@contextlib.contextmanager
+def postgres_server(log_copy: Path) -> Iterator[dict[str, str]]:
+    """A throw-away PostgreSQL cluster (Debian's postgresql package) on a free 127.0.0.1 port
+    with trust authentication; yields the libpq variables pointing at it, and stops and removes
+    it afterwards (its log copied to log_copy). PostgreSQL refuses to run as root, so as root
+    the cluster belongs to the postgres user."""
+    pg_ctls = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+        key=lambda path: int(Path(path).parent.parent.name.split(".")[0]),
+    )
+    if not pg_ctls:
+        raise SystemExit("PostgreSQL is not installed (apt-get install postgresql)")
+    bindir = Path(pg_ctls[-1]).parent
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    datadir = tempfile.mkdtemp(prefix="ferroloop-upstream-pg-")
+    if as_postgres:
+        shutil.chown(datadir, "postgres", "postgres")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pg_ctl = [*as_postgres, str(bindir / "pg_ctl"), "-D", datadir]
+    try:
+        run(
+            [*as_postgres, str(bindir / "initdb"), "-D", datadir, "-A", "trust", "-U", "postgres"],
+            stdout=subprocess.DEVNULL,
+        )
+        # The settings asyncpg's harness gives the clusters it starts (log_connections, no
+        # JIT, which upsets timing tests), and no fsync: the data is thrown away.
+        options = (
+            f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
+            " -c jit=off -c log_connections=on"
+        )
+        run(
+            [*pg_ctl, "-o", options, "-w", "-l", f"{datadir}/server.log", "start"],
+            stdout=subprocess.DEVNULL,
+        )
+        log(f"PostgreSQL ({bindir.parent.name}) on 127.0.0.1:{port}, data in {datadir}")
+        yield {
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(port),
+            "PGUSER": "postgres",
+            "PGDATABASE": "postgres",
+        }
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True)
+        with contextlib.suppress(OSError):
+            log_copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f"{datadir}/server.log", log_copy)
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+def run_tests(
+    suite: Suite, python: Path, source: Path, loop: str, extra_env: dict[str, str]
+) -> tuple[dict[str, str], float]:
     out = CACHE / "runs" / suite.name
     out.mkdir(parents=True, exist_ok=True)
     xml_file, log_file = out / f"{loop}.xml", out / f"{loop}.log"
@@ -306,8 +393,10 @@ def run_tests(suite: Suite, python: Path, source: Path, loop: str) -> tuple[dict
         cmd += ["-p", "ferroloop.pytest_plugin"]
     log(f"{suite.name} on {loop}: {' '.join(cmd[1:])}")
     started = time.monotonic()
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **dict(suite.env)}
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **dict(suite.env), **extra_env}
     env.pop("PYTHONPATH", None)
+    if extra_env:  # no other libpq variable of this shell (PGPASSWORD, PGSSLMODE...)
+        env = {k: v for k, v in env.items() if not k.startswith("PG") or k in extra_env}
     with log_file.open("w") as handle:
         try:
             subprocess.run(
@@ -430,8 +519,18 @@ def main() -> int:
             continue
         source = fetch(suite)
         python = venv_for(suite, source, args.wheel.resolve())
-        stock, stock_seconds = run_tests(suite, python, source, "stock")
-        ferro, ferro_seconds = run_tests(suite, python, source, "ferroloop")
+        outcomes: dict[str, tuple[dict[str, str], float]] = {}
+        for loop in ("stock", "ferroloop"):
+            # A server per run: what a test leaves in it (databases, roles, settings, when it
+            # fails before its cleanup) cannot change the other loop's results.
+            server = (
+                postgres_server(CACHE / "runs" / name / f"{loop}-postgres.log")
+                if suite.needs_postgres
+                else contextlib.nullcontext({})
+            )
+            with server as extra_env:
+                outcomes[loop] = run_tests(suite, python, source, loop, extra_env)
+        (stock, stock_seconds), (ferro, ferro_seconds) = outcomes["stock"], outcomes["ferroloop"]
         row = compare(name, stock, ferro)
         row.stock_seconds, row.ferroloop_seconds = stock_seconds, ferro_seconds
         if not stock or not ferro:

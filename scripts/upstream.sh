@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs unmodified upstream test suites (anyio, uvicorn, httpx, aiohttp; see scripts/upstream.py)
-# on stock asyncio and on ferroloop and compares them test by test. Not part of scripts/test.sh
-# (about 25 minutes for all suites on 2 cores, past CI's budget).
+# Runs unmodified upstream test suites (anyio, uvicorn, httpx, aiohttp, asyncpg; see
+# scripts/upstream.py) on stock asyncio and on ferroloop and compares them test by test. Not part
+# of scripts/test.sh (about 27 minutes for all suites on 2 cores, past CI's budget). asyncpg's
+# runs need Debian's postgresql package (each run starts a throw-away cluster on loopback).
 #   bash scripts/upstream.sh [SUITE ...] [--markdown FILE]
 #   PYTHON_MINOR=3.12  the CPython to run on (default 3.11)
 # Its own venvs: .venv-upstream-3.X (maturin, to build ferroloop's wheel into
