@@ -59,12 +59,14 @@ echo "== wheels (one per CPython found) and sdist: build, install each in a fres
 export MATURIN=".venv-${versions[0]}/bin/maturin"
 VERSIONS="${versions[*]}" bash scripts/wheels.sh || failed+=(wheels)
 VERSIONS="${versions[*]}" SDIST_PYTHON="${versions[0]}" bash scripts/wheel_smoke.sh || failed+=(wheel-smoke)
-# The upstream suites that fit CI's budget (about 5 minutes with their venvs): anyio's and
-# httpx's own tests from their PyPI sdists, on stock asyncio and on ferroloop (the wheel just
-# built), compared test by test. `scripts/upstream.sh` runs all of them.
-echo "== upstream suites (anyio, httpx) on python${versions[0]}: stock asyncio vs ferroloop"
+# The upstream suites that fit CI's budget (about 8 minutes with their venvs): anyio's,
+# httpx's and asyncpg's own tests from their PyPI sdists (asyncpg against a throw-away
+# PostgreSQL per run), on stock asyncio and on ferroloop (the wheel just built), compared test
+# by test. `scripts/upstream.sh` runs all of them.
+echo "== upstream suites (anyio, httpx, asyncpg) on python${versions[0]}: stock asyncio vs ferroloop"
 wheel=$(compgen -G "dist/ferroloop-*-cp${versions[0]/./}-*.whl" | head -1)
-".venv-${versions[0]}/bin/python" scripts/upstream.py --wheel "$wheel" anyio httpx || failed+=(upstream)
+".venv-${versions[0]}/bin/python" scripts/upstream.py --wheel "$wheel" anyio httpx asyncpg ||
+    failed+=(upstream)
 echo "== test.sh: versions ${versions[*]} in $((SECONDS - started)) s"
 if ((${#failed[@]})); then
     echo "FAILED: ${failed[*]}"
