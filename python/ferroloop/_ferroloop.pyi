@@ -237,6 +237,10 @@ class SockOp(Coroutine[Any, Any, Any]):
     def close(self) -> None: ...
     def __call__(self) -> None: ...
 
+def _unlink_if_inode(path: str, inode: int) -> bool:
+    """Removes the file `path` if it is still the inode `inode` (3.13's Unix server clean-up,
+    natively: see src/sys.rs). Raises FileNotFoundError or another OSError."""
+
 # ---------------------------------------------------------------------------------------------
 # What the native code calls by name on Python objects of ours (not in the module).
 

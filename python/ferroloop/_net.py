@@ -25,6 +25,7 @@ from asyncio import base_events, constants, log, selector_events, sslproto, unix
 from typing import Any, NamedTuple
 
 from ._datagram import DatagramTransport
+from ._ferroloop import _unlink_if_inode
 from ._transports import ReadPipeTransport, SocketTransport, WritePipeTransport
 
 # Names taken, in this order (later sources override earlier ones), from asyncio's loops.
@@ -257,8 +258,8 @@ class NetworkingMixin:
                 return
             inode = self._unix_server_sockets.pop(sock)
             try:
-                if os.stat(path).st_ino == inode:
-                    os.unlink(path)
+                # os.stat + os.unlink, natively: see `_unlink_if_inode`.
+                _unlink_if_inode(path, inode)
             except FileNotFoundError:
                 pass
             except OSError as err:
