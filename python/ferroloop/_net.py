@@ -16,7 +16,6 @@ watcher methods). Child watching is `_process.py`'s. The borrowed names are CPyt
 
 from __future__ import annotations
 
-import os
 import selectors
 import sys
 import warnings

@@ -105,8 +105,7 @@ INSTRUMENTS: tuple[tuple[str, str, str, str, Callable[[LoopMetrics], _Rows]], ..
         "ferroloop.callback.running_time",
         "gauge",
         "s",
-        "How long the callback running now has run (0 when none runs or callbacks are not "
-        "timed).",
+        "How long the callback running now has run (0 when none runs or callbacks are not timed).",
         _single(lambda m: m.current_callback_seconds),
     ),
     (
