@@ -1,5 +1,5 @@
 //! ferroloop's native module, `ferroloop._ferroloop`: registers the classes (and the
-//! hand-written fast entry points of `LoopCore`) and one helper function.
+//! hand-written fast entry points of `LoopCore`) and two helper functions.
 
 mod buffer;
 mod errors;
@@ -27,6 +27,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sock_ops::SockOp>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
     m.add_function(pyo3::wrap_pyfunction!(sys::_unlink_if_inode, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(
+        transports::owner_methods::_install_core_methods,
+        m
+    )?)?;
     #[cfg(feature = "fault-injection")]
     {
         m.add_function(pyo3::wrap_pyfunction!(sys::fault::_inject_faults, m)?)?;

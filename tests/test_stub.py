@@ -73,6 +73,13 @@ INDIRECT_LOOKUPS = {
     # src/sock_ops.rs `type_is_plain`: every name of `const SOCKET_METHODS` (a socket subclass
     # overriding one of them takes asyncio's Python path).
     "name": "const SOCKET_METHODS in src/sock_ops.rs",
+    # src/transports/owner_methods.rs `forward`: a method of the transport's core, one of
+    # the names of the `forwarders!` list there (checked against the stub's core classes by
+    # `test_forwarded_methods_are_core_methods`).
+    "name(py)": "the forwarders! list in src/transports/owner_methods.rs",
+    # src/transports/owner_methods.rs `_install_core_methods`: sets those forwarders on our
+    # own transport classes; nothing is looked up.
+    "name.as_str()": "the forwarders! list in src/transports/owner_methods.rs",
     # src/event_loop/fast_call.rs `install`: sets our own fast entry points (call_soon,
     # call_soon_threadsafe, call_later, call_at) on LoopCore; nothing is looked up.
     "name.to_str().unwrap_or_default()": "LoopCore's own methods (declared in the stub)",
@@ -333,6 +340,18 @@ def test_indirect_lookups_are_known() -> None:
     )
     stale = sorted(set(INDIRECT_LOOKUPS) - set(found))
     assert not stale, f"INDIRECT_LOOKUPS entries no longer in src/: {stale}"
+
+
+def test_forwarded_methods_are_core_methods() -> None:
+    # The transports' C method descriptors call `self._core.<name>`: each name of the
+    # `forwarders!` list must be a method of a native core.
+    source = (SRC / "transports" / "owner_methods.rs").read_text()
+    body = source[source.index("forwarders! {") :]
+    forwarded = set(re.findall(r"^\s*(\w+) => c\"", body, re.M))
+    members = stub_class_members()
+    cores = members["StreamTransport"] | members["DatagramTransport"]
+    assert len(forwarded) >= 14
+    assert forwarded <= cores, sorted(forwarded - cores)
 
 
 def test_own_methods_are_in_the_stub() -> None:

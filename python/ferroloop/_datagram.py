@@ -6,9 +6,8 @@ asyncio 3.11's own `_SelectorDatagramTransport` does not satisfy) and `_FlowCont
 (`src/transports/datagram.rs`) that does the per-datagram work: `recvfrom` into the loop's
 reused buffer, the sender's address built natively, `sendto` tried at once and queued only
 on EAGAIN. The core's hot methods (`sendto`, `get_write_buffer_size`, `is_closing`…) are
-bound into each transport's instance dict, so `transport.sendto(data, addr)` calls native
-code directly; the class-level definitions below are the same methods for code that looks
-them up on the class.
+C method descriptors on the class that forward to the core (`_install_core_methods`), so
+`transport.sendto(data, addr)` calls native code directly.
 
 What stays here runs once per endpoint or per error, as in asyncio (extra info,
 `_fatal_error`, `_call_connection_lost`, `__repr__`, `__del__`), shared with the stream
@@ -22,25 +21,11 @@ from asyncio import futures, transports
 from typing import Any
 
 from ._ferroloop import DatagramTransport as _Core
+from ._ferroloop import _install_core_methods
 from ._transports import _Buffered, _overrides_io, _SocketBased
 
 # Socket methods asyncio's datagram transport calls for its I/O (see `_overrides_io`).
 _DATAGRAM_IO = ("recvfrom", "send", "sendto")
-
-# Core methods bound into every transport's instance dict.
-_BOUND = (
-    "sendto",
-    "abort",
-    "is_closing",
-    "is_reading",
-    "pause_reading",
-    "resume_reading",
-    "get_write_buffer_size",
-    "set_write_buffer_limits",
-    "get_write_buffer_limits",
-    "_force_close",
-)
-
 
 # `_FlowControlMixin` is a base for the interface only (asyncio's class has it): its methods
 # are all overridden by the core's, and its __init__ is not called (the core holds the water
@@ -51,7 +36,6 @@ class DatagramTransport(
     """A UDP or Unix datagram socket (asyncio's `_SelectorDatagramTransport`)."""
 
     max_size = 256 * 1024  # largest datagram received (asyncio's recvfrom size)
-    _bound = _BOUND
 
     def __init__(
         self,
@@ -87,8 +71,7 @@ class DatagramTransport(
     def _buffer_size(self) -> int:
         return int(self._core.get_write_buffer_size())
 
-    def sendto(self, data: Any, addr: Any = None) -> None:
-        self._core.sendto(data, addr)
+    # sendto: forwarded to the core (installed below).
 
     def set_protocol(self, protocol: Any) -> None:
         self._core.set_protocol(protocol)
@@ -105,3 +88,6 @@ class DatagramTransport(
             core._release()
             self._close_socket()
             self._loop = None
+
+
+_install_core_methods(DatagramTransport, ["sendto"])

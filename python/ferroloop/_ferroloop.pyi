@@ -237,6 +237,11 @@ class SockOp(Coroutine[Any, Any, Any]):
     def close(self) -> None: ...
     def __call__(self) -> None: ...
 
+def _install_core_methods(cls: type, names: list[str]) -> None:
+    """Makes each method of `names` on `cls` a C method descriptor forwarding to
+    `self._core.<name>` (src/transports/owner_methods.rs). Raises ValueError for a name
+    without a forwarder."""
+
 def _unlink_if_inode(path: str, inode: int) -> bool:
     """Removes the file `path` if it is still the inode `inode` (3.13's Unix server clean-up,
     natively: see src/sys.rs). Raises FileNotFoundError or another OSError."""
@@ -249,6 +254,8 @@ class _TransportOwner(Protocol):
     ferroloop._transports and ferroloop._datagram. Called from src/transports/base.rs,
     stream.rs and datagram.rs."""
 
+    # The native core, read by the methods `_install_core_methods` puts on the class.
+    _core: NativeTransport
     # Runs `protocol.connection_lost(exc)` and releases the core, the socket or pipe, the
     # server; scheduled with `loop.call_soon`, or called directly once a closing transport
     # has flushed its buffer.

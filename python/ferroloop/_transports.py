@@ -5,9 +5,9 @@ Each class here subclasses the asyncio transport interface it implements (so
 `NativeTransport` subclass), which does the per-read and per-write work and what asyncio's
 transports share: closing, aborting, flow control, `_fatal_error`. A native class cannot also
 derive from `asyncio.BaseTransport` (its `__slots__` give it a layout of its own), hence the
-two objects. The core's methods are bound into a transport's instance dict on first use
-(`_CoreMethod`), so `transport.write(data)` calls native code directly, with no Python frame
-in between, and an idle transport binds none.
+two objects. The core's hot methods are C method descriptors on these classes that forward
+to the core (`_install_core_methods`), so `transport.write(data)` calls native code with no
+Python frame in between and no per-transport cost.
 
 What stays here runs once per connection: extra info, `_call_connection_lost`, `__repr__`,
 `__del__`. Semantics are each CPython version's `selector_events._SelectorSocketTransport`
@@ -25,7 +25,7 @@ import warnings
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from typing import Any
 
-from ._ferroloop import StreamTransport
+from ._ferroloop import StreamTransport, _install_core_methods
 
 logger = logging.getLogger("asyncio")
 
@@ -69,48 +69,12 @@ def _overrides_io(sock: Any, names: tuple[str, ...] = _SOCKET_IO) -> bool:
     return bool(instance_dict) and any(name in instance_dict for name in names)
 
 
-class _CoreMethod:
-    """A transport method the native core implements, bound on first use.
-
-    The first `transport.write` looks the core's method up and stores the bound method in
-    the transport's instance dict, where Python finds it before the class: every later
-    `transport.write(data)` calls native code with no Python frame in between. A transport
-    only pays for the methods it uses (an idle connection's transport binds none; binding
-    all of them cost about 1 KB per connection). Looked up on the class, it is a plain
-    function, as a method defined there would be.
-    """
-
-    __slots__ = ("name", "unbound")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-        def unbound(transport: Any, *args: Any, **kwargs: Any) -> Any:
-            return getattr(transport._core, name)(*args, **kwargs)
-
-        unbound.__name__ = unbound.__qualname__ = name
-        self.unbound = unbound
-
-    def __get__(self, transport: Any, owner: Any = None) -> Any:
-        if transport is None:
-            return self.unbound
-        method = getattr(transport._core, self.name)
-        transport.__dict__[self.name] = method
-        return method
-
-
-# Core methods each kind of transport exposes directly (see `_CoreMethod`).
+# Methods each class forwards to its core's method of the same name: C method descriptors
+# (`_install_core_methods`, src/transports/owner_methods.rs), so `transport.write(data)`
+# makes no Python frame and no bound method, and a transport costs nothing per method.
 _COMMON = ("is_closing", "is_reading", "pause_reading", "resume_reading", "_force_close")
-_WRITING = (
-    "write",
-    "writelines",
-    "write_eof",
-    "can_write_eof",
-    "get_write_buffer_size",
-    "set_write_buffer_limits",
-    "get_write_buffer_limits",
-    "abort",
-)
+_BUFFERED = ("get_write_buffer_size", "set_write_buffer_limits", "get_write_buffer_limits", "abort")
+_WRITING = ("write", "writelines", "write_eof", "can_write_eof")
 
 
 class _NativeTransport:
@@ -119,12 +83,6 @@ class _NativeTransport:
     _core: Any = None
     _loop: Any
     _extra: dict[str, Any]
-    _bound: tuple[str, ...] = ()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for name in cls.__dict__.get("_bound", ()):
-            setattr(cls, name, _CoreMethod(name))
 
     def _attach(self, loop: Any, core: Any, protocol: Any) -> None:
         """Takes ownership of `core`."""
@@ -164,20 +122,7 @@ class _NativeTransport:
     def close(self) -> None:
         self._core.close()
 
-    def is_closing(self) -> bool:
-        return bool(self._core.is_closing())
-
-    def is_reading(self) -> bool:
-        return bool(self._core.is_reading())
-
-    def pause_reading(self) -> None:
-        self._core.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._core.resume_reading()
-
-    def _force_close(self, exc: BaseException | None) -> None:
-        self._core._force_close(exc)
+    # is_closing, is_reading, pause_reading, resume_reading, _force_close: see _COMMON.
 
     def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
         self._core._fatal_error(exc, message)
@@ -210,35 +155,16 @@ class _NativeTransport:
 
 
 class _Buffered(_NativeTransport):
-    """Class-level forms of the write-buffer methods (the instance dict holds the core's)."""
-
-    def get_write_buffer_size(self) -> int:
-        return int(self._core.get_write_buffer_size())
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._core.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return tuple(self._core.get_write_buffer_limits())  # type: ignore[return-value]
-
-    def abort(self) -> None:
-        self._core.abort()
+    """Transports with a write buffer (the methods of _BUFFERED)."""
 
 
 class _WritingStream(_Buffered):
-    """Class-level forms of the write methods (the instance dict holds the core's)."""
+    """Stream transports that write (the methods of _WRITING)."""
 
-    def write(self, data: Any) -> None:
-        self._core.write(data)
 
-    def writelines(self, list_of_data: Any) -> None:
-        self._core.writelines(list_of_data)
-
-    def write_eof(self) -> None:
-        self._core.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return bool(self._core.can_write_eof())
+_install_core_methods(_NativeTransport, list(_COMMON))
+_install_core_methods(_Buffered, list(_BUFFERED))
+_install_core_methods(_WritingStream, list(_WRITING))
 
 
 # Extra info a socket transport makes on first use (see `_SocketBased._take_socket`).
@@ -318,7 +244,6 @@ class SocketTransport(
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-    _bound = _COMMON + _WRITING
 
     def __init__(
         self,
@@ -447,7 +372,6 @@ class _PipeStream(_NativeTransport):
 class ReadPipeTransport(_PipeStream, transports.ReadTransport):
     """The read end of a pipe, a socket or a character device."""
 
-    _bound = _COMMON
     _repr_event = 1  # selectors.EVENT_READ
 
     def __init__(
@@ -473,7 +397,6 @@ class WritePipeTransport(
 ):
     """The write end of a pipe, a socket or a character device."""
 
-    _bound = ("is_closing", "_force_close") + _WRITING
     _repr_event = 2  # selectors.EVENT_WRITE
 
     # A write pipe has no reading to pause: asyncio's write pipe transport inherits these

@@ -3,5 +3,6 @@
 //! datagram sockets.
 pub mod base;
 pub mod datagram;
+pub mod owner_methods;
 pub mod stream;
 mod write_queue;
