@@ -18,7 +18,7 @@ use pyo3::prelude::*;
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     let py = m.py();
-    event_loop::fast_call::install(py, &py.get_type::<event_loop::LoopCore>())?;
+    event_loop::fast_call::install(&py.get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     handles::install_freelists(py);

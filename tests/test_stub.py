@@ -77,11 +77,9 @@ INDIRECT_LOOKUPS = {
     # the names of the `forwarders!` list there (checked against the stub's core classes by
     # `test_forwarded_methods_are_core_methods`).
     "name(py)": "the forwarders! list in src/transports/owner_methods.rs",
-    # src/transports/owner_methods.rs `_install_core_methods`: sets those forwarders on our
-    # own transport classes; nothing is looked up.
-    "name.as_str()": "the forwarders! list in src/transports/owner_methods.rs",
-    # src/event_loop/fast_call.rs `install`: sets our own fast entry points (call_soon,
-    # call_soon_threadsafe, call_later, call_at) on LoopCore; nothing is looked up.
+    # src/event_loop/fast_call.rs `install_method`: sets our own C methods (LoopCore's
+    # call_soon, call_soon_threadsafe, call_later, call_at; the transports' forwarders of
+    # src/transports/owner_methods.rs) on our own classes; nothing is looked up.
     "name.to_str().unwrap_or_default()": "LoopCore's own methods (declared in the stub)",
 }
 

@@ -9,14 +9,12 @@
 //! the vectorcall array; the rest (checks, handle creation, queueing) is shared with the
 //! rest of the loop (`LoopCore::schedule_callback`).
 
-use std::any::Any;
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::intern;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 
@@ -133,17 +131,6 @@ unsafe fn parse<'py>(
     })
 }
 
-fn panic_to_pyerr(payload: Box<dyn Any + Send>) -> PyErr {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "ferroloop: panic in call_soon".to_string()
-    };
-    PanicException::new_err(message)
-}
-
 /// Shared body of both entry points: parse, schedule, and turn every failure (including a
 /// Rust panic) into a raised Python exception.
 ///
@@ -174,13 +161,7 @@ unsafe fn entry(
             Method::At => LoopCore::schedule_timer(slf, parsed, false)?.into_any(),
         })
     }));
-    let err = match outcome {
-        Ok(Ok(obj)) => return obj.into_ptr(),
-        Ok(Err(e)) => e,
-        Err(payload) => panic_to_pyerr(payload),
-    };
-    err.restore(py);
-    std::ptr::null_mut()
+    crate::errors::c_result(py, outcome, method.name())
 }
 
 unsafe extern "C" fn call_soon(
@@ -232,7 +213,7 @@ const CALL_AT_DOC: &CStr = c"call_at($self, when, callback, *args, context=None)
 
 /// Installs the entry points as methods of `LoopCore` (replacing nothing: the class does
 /// not define them through `#[pymethods]`).
-pub fn install(py: Python<'_>, class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
+pub fn install(class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
     type Entry = ffi::PyCFunctionFastWithKeywords;
     let methods: [(&CStr, Entry, &CStr); 4] = [
         (c"call_soon", call_soon, CALL_SOON_DOC),
@@ -245,25 +226,37 @@ pub fn install(py: Python<'_>, class: &Bound<'_, pyo3::types::PyType>) -> PyResu
         (c"call_at", call_at, CALL_AT_DOC),
     ];
     for (name, func, doc) in methods {
-        // Leaked on purpose: CPython keeps a pointer to the definition for the lifetime of
-        // the descriptor, i.e. of the class. Two small structs per module initialisation.
-        let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: name.as_ptr() as *const c_char,
-            ml_meth: ffi::PyMethodDefPointer {
-                PyCFunctionFastWithKeywords: func,
-            },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: doc.as_ptr() as *const c_char,
-        }));
-        // SAFETY: `class` is a live type object and `def` lives forever; the result is a new
-        // reference or NULL with an exception set.
-        let descr = unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                ffi::PyDescr_NewMethod(class.as_type_ptr(), def as *mut ffi::PyMethodDef),
-            )
-        }?;
-        class.setattr(name.to_str().unwrap_or_default(), descr)?;
+        install_method(class, name, func, doc)?;
     }
     Ok(())
+}
+
+/// Sets `class.<name>` to a C method descriptor of `func` (METH_FASTCALL | METH_KEYWORDS)
+/// with the docstring `doc` (which starts with its `__text_signature__`). CPython calls such
+/// a method without making a bound method (it is a `METHOD_DESCRIPTOR` type).
+pub(crate) fn install_method(
+    class: &Bound<'_, pyo3::types::PyType>,
+    name: &'static CStr,
+    func: ffi::PyCFunctionFastWithKeywords,
+    doc: &'static CStr,
+) -> PyResult<()> {
+    // Leaked on purpose: CPython keeps a pointer to the definition for the lifetime of the
+    // descriptor, i.e. of the class. One small struct per method and class, made once.
+    let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: name.as_ptr() as *const c_char,
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: func,
+        },
+        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_doc: doc.as_ptr() as *const c_char,
+    }));
+    // SAFETY: `class` is a live type object and `def` lives forever; the result is a new
+    // reference or NULL with an exception set.
+    let descr = unsafe {
+        Bound::from_owned_ptr_or_err(
+            class.py(),
+            ffi::PyDescr_NewMethod(class.as_type_ptr(), def as *mut ffi::PyMethodDef),
+        )
+    }?;
+    class.setattr(name.to_str().unwrap_or_default(), descr)
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::type_object::PyTypeCheck;
 use pyo3::types::{PyDict, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -149,8 +150,41 @@ pub struct NativeTransport {
 /// One of a subclass's hooks, called with the transport.
 pub(crate) type Hook = fn(&Bound<'_, NativeTransport>) -> PyResult<()>;
 
-/// What a subclass adds to the base, one static table per subclass (a pointer per
-/// transport, not four).
+/// What a core kind adds to `NativeTransport`: its read and write paths and how it drops
+/// its queue. The base calls them through `HOOKS`, one static table per kind.
+pub(crate) trait CoreKind: PyTypeCheck + Sized {
+    /// The write path's Python name (`_write_ready`, `_sendto_ready`), which a handle made
+    /// for a debug report shows.
+    const WRITE_NAME: &'static str;
+    /// The table `NativeTransport::new` is given.
+    const HOOKS: Hooks = Hooks {
+        read: read_via::<Self>,
+        write: write_via::<Self>,
+        write_name: Self::WRITE_NAME,
+        drop_queue: drop_via::<Self>,
+    };
+    /// The read path, called by the loop when the fd is readable.
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()>;
+    /// The write path, called by the loop when the fd is writable.
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()>;
+    /// Drops the queued data (`_force_close`); the `Link` counts its bytes.
+    fn drop_queue(slf: &Bound<'_, Self>) -> PyResult<()>;
+}
+
+fn read_via<T: CoreKind>(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
+    T::read_ready(base.cast::<T>()?)
+}
+
+fn write_via<T: CoreKind>(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
+    T::write_ready(base.cast::<T>()?)
+}
+
+fn drop_via<T: CoreKind>(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
+    T::drop_queue(base.cast::<T>()?)
+}
+
+/// What a subclass adds to the base (`CoreKind::HOOKS`), one static table per subclass (a
+/// pointer per transport, not four).
 pub(crate) struct Hooks {
     /// The read path, called by the loop when the fd is readable (`_read_ready`).
     pub read: Hook,

@@ -39,7 +39,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyClassInitializer;
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::base::{self, is_exit_exception, Hooks, NativeTransport};
+use super::base::{self, is_exit_exception, CoreKind, NativeTransport};
 use crate::buffer::with_buffer;
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
@@ -295,29 +295,22 @@ impl DatagramTransport {
             Err(e) => base::fatal(slf.as_super(), e, READ_ERROR),
         }
     }
+}
 
-    /// `NativeTransport`'s hook for `_force_close`: drops the queued datagrams.
-    /// What this core adds to `NativeTransport` (see `Hooks`).
-    const HOOKS: Hooks = Hooks {
-        read: Self::read_path,
-        write: Self::write_path,
-        write_name: WRITE_READY,
-        drop_queue: Self::drop_queue,
-    };
+impl CoreKind for DatagramTransport {
+    const WRITE_NAME: &'static str = WRITE_READY;
 
-    /// The loop's call of `_read_ready` when the fd is readable.
-    fn read_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
-        Self::_read_ready(base.cast::<Self>()?)
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::_read_ready(slf)
     }
 
-    /// The loop's call of `_sendto_ready` when the fd is writable.
-    fn write_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
-        Self::_sendto_ready(base.cast::<Self>()?)
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::_sendto_ready(slf)
     }
 
-    fn drop_queue(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
-        let py = base.py();
-        let dropped = mem::take(&mut base.cast::<Self>()?.get().state.borrow_mut(py)?.queue);
+    /// Drops the queued datagrams.
+    fn drop_queue(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let dropped = mem::take(&mut slf.get().state.borrow_mut(slf.py())?.queue);
         drop(dropped);
         Ok(())
     }
@@ -347,7 +340,7 @@ impl DatagramTransport {
             owner,
             fd,
             TransportKind::of_socket(family, true),
-            &Self::HOOKS,
+            &<Self as CoreKind>::HOOKS,
         );
         Ok(
             PyClassInitializer::from(shared).add_subclass(DatagramTransport {

@@ -13,30 +13,17 @@
 //! owner's attributes and calls the core's method with the same arguments, so the
 //! arguments are parsed, and errors raised, exactly as the core's own method does them.
 
-use std::any::Any;
-use std::ffi::{c_char, CStr};
+use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::intern;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 /// Most positional and keyword arguments a forwarded call passes on the fast path.
 const MAX_FAST_ARGS: usize = 7;
-
-fn panic_to_pyerr(payload: Box<dyn Any + Send>) -> PyErr {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "ferroloop: panic in a transport method".to_string()
-    };
-    PanicException::new_err(message)
-}
 
 /// `self._core.<name>(*args, **kwargs)`, turning every failure (a Rust panic too) into a
 /// raised Python exception.
@@ -94,13 +81,7 @@ unsafe fn forward(
         // SAFETY: a new reference, or NULL with the error set.
         unsafe { Bound::from_owned_ptr_or_err(py, result) }.map(Bound::unbind)
     }));
-    let err = match outcome {
-        Ok(Ok(obj)) => return obj.into_ptr(),
-        Ok(Err(e)) => e,
-        Err(payload) => panic_to_pyerr(payload),
-    };
-    err.restore(py);
-    std::ptr::null_mut()
+    crate::errors::c_result(py, outcome, "a transport method")
 }
 
 /// One forwarder per method name (a C method gets no data but its instance), with the
@@ -162,7 +143,6 @@ forwarders! {
 /// ValueError for a name that has no forwarder.
 #[pyfunction]
 pub(crate) fn _install_core_methods(cls: &Bound<'_, PyType>, names: Vec<String>) -> PyResult<()> {
-    let py = cls.py();
     for name in names {
         let Some(&(c_name, entry, doc)) = FORWARDERS
             .iter()
@@ -172,26 +152,7 @@ pub(crate) fn _install_core_methods(cls: &Bound<'_, PyType>, names: Vec<String>)
                 "no native forwarder for {name:?}"
             )));
         };
-        // Leaked on purpose: CPython keeps a pointer to the definition for the lifetime of
-        // the descriptor, i.e. of the class. One small struct per method and class, made
-        // once at import.
-        let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: c_name.as_ptr() as *const c_char,
-            ml_meth: ffi::PyMethodDefPointer {
-                PyCFunctionFastWithKeywords: entry,
-            },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: doc.as_ptr() as *const c_char,
-        }));
-        // SAFETY: `cls` is a live type object and `def` lives forever; the result is a new
-        // reference or NULL with an exception set.
-        let descr = unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                ffi::PyDescr_NewMethod(cls.as_type_ptr(), def as *mut ffi::PyMethodDef),
-            )
-        }?;
-        cls.setattr(name.as_str(), descr)?;
+        crate::event_loop::fast_call::install_method(cls, c_name, entry, doc)?;
     }
     Ok(())
 }

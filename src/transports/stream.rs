@@ -28,7 +28,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyClassInitializer;
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::base::{self, Hooks, Link, NativeTransport};
+use super::base::{self, CoreKind, Link, NativeTransport};
 use super::write_queue::WriteQueue;
 use crate::errors::os_error;
 use crate::event_loop::fds::Direction;
@@ -377,33 +377,6 @@ impl StreamTransport {
             Self::close(slf)
         }
     }
-
-    /// `NativeTransport`'s hook for `_force_close`: drops the unsent data.
-    /// What this core adds to `NativeTransport` (see `Hooks`).
-    const HOOKS: Hooks = Hooks {
-        read: Self::read_path,
-        write: Self::write_path,
-        write_name: WRITE_READY,
-        drop_queue: Self::drop_queue,
-    };
-
-    /// The loop's call of `_read_ready` when the fd is readable.
-    fn read_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
-        Self::_read_ready(base.cast::<Self>()?)
-    }
-
-    /// The loop's call of `_write_ready` when the fd is writable.
-    fn write_path(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
-        Self::_write_ready(base.cast::<Self>()?)
-    }
-
-    fn drop_queue(base: &Bound<'_, NativeTransport>) -> PyResult<()> {
-        let py = base.py();
-        let this = base.cast::<Self>()?.get();
-        let dropped = { this.state.borrow_mut(py)?.queue.take() };
-        drop(dropped);
-        Ok(())
-    }
 }
 
 impl StreamTransport {
@@ -703,6 +676,25 @@ impl StreamTransport {
         } else if eof {
             sys::shutdown_write(this.fd).map_err(os_error)?;
         }
+        Ok(())
+    }
+}
+
+impl CoreKind for StreamTransport {
+    const WRITE_NAME: &'static str = WRITE_READY;
+
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::_read_ready(slf)
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::_write_ready(slf)
+    }
+
+    /// Drops the unsent data.
+    fn drop_queue(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let dropped = slf.get().state.borrow_mut(slf.py())?.queue.take();
+        drop(dropped);
         Ok(())
     }
 }
