@@ -14,7 +14,7 @@ from typing import Any, Protocol, final
 
 from typing_extensions import disjoint_base
 
-# PyO3 registers every class in the module's `__all__`, in `src/lib.rs`'s order.
+# PyO3 registers every class and function in the module's `__all__`, in `src/lib.rs`'s order.
 __all__ = [
     "LoopCore",
     "Handle",
@@ -23,6 +23,8 @@ __all__ = [
     "StreamTransport",
     "SockOp",
     "DatagramTransport",
+    "_unlink_if_inode",
+    "_install_core_methods",
 ]
 
 # Every pyclass has a native layout of its own: those PyO3 lets Python subclass (its
