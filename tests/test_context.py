@@ -299,3 +299,33 @@ def test_pause_reading_skips_a_read_already_ready_in_the_same_iteration(loop):
         for a, b in pairs:
             a.close()
             b.close()
+
+
+@pytest.mark.timeout(10)
+def test_resume_reading_copies_the_context_current_at_the_resume(loop):
+    # asyncio's resume_reading() registers a new watcher handle, whose context is a copy of
+    # the one current at the resume: what data_received set before the pause is gone.
+    a, b = socket.socketpair()
+    seen = []
+
+    async def main():
+        var.set("main")
+        transport, _ = await loop.create_connection(lambda: _Recorder(seen), sock=a)
+        b.send(b"1")
+        while len(seen) < 1:
+            await asyncio.sleep(0.001)
+        transport.pause_reading()
+        var.set("at resume")
+        transport.resume_reading()
+        b.send(b"2")
+        while len(seen) < 2:
+            await asyncio.sleep(0.001)
+        transport.close()
+        await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(contextvars.copy_context().run(main))
+        assert seen == [(b"1", "main"), (b"2", "at resume")]
+    finally:
+        a.close()
+        b.close()

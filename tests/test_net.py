@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import socket
 import ssl
 import sys
 import tempfile
+from unittest import mock
 
 import pytest
 from blockbuster import blockbuster_ctx
@@ -298,6 +300,59 @@ def test_unix_server_close_makes_no_call_blockbuster_flags(loop, tmp_path):
         loop.run_until_complete(main())
     # Unlinked on close from 3.13 on (create_unix_server's cleanup_socket), kept before.
     assert os.path.exists(path) == (sys.version_info < (3, 13))
+
+
+def test_writelines_goes_through_write_where_asyncio_does(loop):
+    # asyncio's pipe transports (every version) and its socket transport on 3.11 inherit
+    # WriteTransport.writelines, which calls self.write: a replaced write sees the data.
+    # 3.12+'s socket transport has its own writelines, which does not.
+    r, w = os.pipe()
+    a, b = socket.socketpair()
+    written = []
+
+    async def main():
+        pipe_t, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(w, "wb"))
+        sock_t, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        for t in (pipe_t, sock_t):
+            with mock.patch.object(t, "write", side_effect=written.append):
+                t.writelines([b"a", b"b"])
+        sock_t.write_eof()
+        message = "writelines()" if sys.version_info >= (3, 12) else "write()"
+        with pytest.raises(RuntimeError, match=re.escape(f"Cannot call {message} after")):
+            sock_t.writelines([b"late"])
+        pipe_t.close()
+        sock_t.close()
+        await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(main())
+        assert written == ([b"ab"] if sys.version_info >= (3, 12) else [b"ab", b"ab"])
+    finally:
+        os.close(r)
+        a.close()
+        b.close()
+
+
+def test_set_write_buffer_limits_defaults_as_asyncio(loop):
+    a, b = socket.socketpair()
+
+    async def main():
+        t, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        t.set_write_buffer_limits(high=1000)
+        assert t.get_write_buffer_limits() == (250, 1000)
+        t.set_write_buffer_limits(low=100)
+        assert t.get_write_buffer_limits() == (100, 400)
+        # low defaults to high // 4 (floor division), also for a negative high.
+        with pytest.raises(ValueError, match=re.escape("high (-1) must be >= low (-1)")):
+            t.set_write_buffer_limits(high=-1)
+        t.close()
+        await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+        b.close()
 
 
 def test_udp_endpoints(loop):

@@ -74,7 +74,11 @@ def _overrides_io(sock: Any, names: tuple[str, ...] = _SOCKET_IO) -> bool:
 # makes no Python frame and no bound method, and a transport costs nothing per method.
 _COMMON = ("is_closing", "is_reading", "pause_reading", "resume_reading", "_force_close")
 _BUFFERED = ("get_write_buffer_size", "set_write_buffer_limits", "get_write_buffer_limits", "abort")
-_WRITING = ("write", "writelines", "write_eof", "can_write_eof")
+_WRITING = ("write", "write_eof", "can_write_eof")
+# `writelines`: asyncio's pipe transports (every version) and its socket transport on 3.11
+# inherit `WriteTransport.writelines`, which joins the data and calls `self.write` (so an
+# overridden or mocked `write` sees it); ours do the same, by not defining it. The socket
+# transport of 3.12+ has its own, forwarded to the core like the others (below).
 
 
 class _NativeTransport:
@@ -159,7 +163,8 @@ class _Buffered(_NativeTransport):
 
 
 class _WritingStream(_Buffered):
-    """Stream transports that write (the methods of _WRITING)."""
+    """Stream transports that write (the methods of _WRITING; `writelines` is
+    `WriteTransport`'s, which calls `write`)."""
 
 
 _install_core_methods(_NativeTransport, list(_COMMON))
@@ -302,6 +307,10 @@ class SocketTransport(
                 self._server = None
             if waiter is not None and not waiter.done():
                 waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+
+if sys.version_info >= (3, 12):
+    _install_core_methods(SocketTransport, ["writelines"])
 
 
 def _check_pipe(pipe: Any, allowed: tuple[Any, ...], message: str) -> int:

@@ -44,8 +44,8 @@ pub(crate) struct Link {
     pub owner: Option<Py<PyAny>>,
     pub protocol: Option<Py<PyAny>>,
     /// The `contextvars.Context` the read (write) path runs in: a copy of the context
-    /// current when the loop first watched the fd in that direction, as asyncio's
-    /// `_add_reader` handle takes one; kept across pause/resume. `*_registered` says
+    /// current when the loop last started watching the fd in that direction, as asyncio's
+    /// `_add_reader`/`_add_writer` handle takes one. `*_registered` says
     /// whether the loop watches the fd in that direction now (`fds::Watcher::Transport`).
     pub reader_context: Option<Py<PyAny>>,
     pub writer_context: Option<Py<PyAny>>,
@@ -123,7 +123,7 @@ impl Link {
             (None, None) => 64 * 1024,
             (None, Some(l)) => 4 * l,
         };
-        let low = low.unwrap_or(high / 4);
+        let low = low.unwrap_or(high.div_euclid(4)); // Python's high // 4
         if !(high >= low && low >= 0) {
             return Err(PyValueError::new_err(format!(
                 "high ({high}) must be >= low ({low}) must be >= 0"
@@ -338,7 +338,7 @@ pub(crate) fn protocol(this: &NativeTransport, py: Python<'_>) -> PyResult<Py<Py
 pub(crate) fn watch(slf: &Bound<'_, NativeTransport>, dir: Direction, on: bool) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
-    let (lp, has_context) = {
+    let lp = {
         let link = this.link(py)?;
         let Some(lp) = link.event_loop.as_ref() else {
             return Ok(());
@@ -346,25 +346,25 @@ pub(crate) fn watch(slf: &Bound<'_, NativeTransport>, dir: Direction, on: bool) 
         if link.is_watched(dir) == on {
             return Ok(());
         }
-        let context = match dir {
-            Direction::Read => &link.reader_context,
-            Direction::Write => &link.writer_context,
-        };
-        (lp.clone_ref(py), context.is_some())
+        lp.clone_ref(py)
     };
     let lpb = lp.bind(py).get();
     let watcher = if on {
         if lpb.is_closed_flag() {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
-        if !has_context {
-            let context = crate::event_loop::context_or_copy(py, None)?;
+        // A copy of the current context each time watching starts, as asyncio's
+        // `_add_reader`/`_add_writer` make a new handle (after `resume_reading()` too).
+        let context = crate::event_loop::context_or_copy(py, None)?;
+        let old = {
             let mut link = this.link_mut(py)?;
-            match dir {
-                Direction::Read => link.reader_context = Some(context),
-                Direction::Write => link.writer_context = Some(context),
-            }
-        }
+            let slot = match dir {
+                Direction::Read => &mut link.reader_context,
+                Direction::Write => &mut link.writer_context,
+            };
+            slot.replace(context)
+        };
+        drop(old);
         Some(Watcher::Transport(slf.clone().unbind()))
     } else {
         None

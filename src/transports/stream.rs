@@ -881,9 +881,25 @@ impl StreamTransport {
         Self::write_bytes(slf, data)
     }
 
-    /// `b"".join(list_of_data)` then `write()`, as asyncio 3.11's `writelines`.
+    /// The socket transport's `writelines` of asyncio 3.12+ (its own checks and messages),
+    /// then `b"".join(list_of_data)` and `write()`. Pipes, and sockets on 3.11, use
+    /// `WriteTransport.writelines` instead, which calls `self.write` (`_transports.py`).
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
+        {
+            let this = slf.get();
+            let st = this.state.borrow(py)?;
+            if st.eof && this.kind == Kind::Socket {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call writelines() after write_eof()",
+                ));
+            }
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to writelines; sendfile is in progress",
+                ));
+            }
+        }
         let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
         Self::write(slf, &joined)
     }
