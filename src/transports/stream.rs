@@ -129,6 +129,23 @@ pub struct StreamTransport {
 }
 
 impl StreamTransport {
+    /// asyncio's refusals of `write`/`writelines` (`method`): after `write_eof()` on a
+    /// socket, and while `loop.sendfile` owns the transport.
+    fn check_writable(&self, py: Python<'_>, method: &str) -> PyResult<()> {
+        let st = self.state.borrow(py)?;
+        if st.eof && self.kind == Kind::Socket {
+            return Err(PyRuntimeError::new_err(format!(
+                "Cannot call {method}() after write_eof()"
+            )));
+        }
+        if st.empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err(format!(
+                "unable to {method}; sendfile is in progress"
+            )));
+        }
+        Ok(())
+    }
+
     /// `send()` (sockets, without SIGPIPE) or `write()` (pipes) of `data`.
     fn send(&self, data: &[u8]) -> io::Result<usize> {
         sys::write(self.fd, data, self.kind == Kind::Socket)
@@ -522,35 +539,22 @@ impl StreamTransport {
         let this = slf.get();
         let data = Self::to_bytes(data)?;
         let bytes = data.as_bytes();
-        {
-            let st = this.state.borrow(py)?;
-            if st.eof && this.kind == Kind::Socket {
-                return Err(PyRuntimeError::new_err(
-                    "Cannot call write() after write_eof()",
-                ));
-            }
-            if st.empty_waiter.is_some() {
-                return Err(PyRuntimeError::new_err(
-                    "unable to write; sendfile is in progress",
-                ));
-            }
-            if bytes.is_empty() {
-                return Ok(());
-            }
-            drop(st);
-            let lost = {
-                let link = slf.as_super().get().link(py)?;
-                link.conn_lost > 0 || (this.kind == Kind::WritePipe && link.closing)
-            };
-            if lost {
-                return base::count_lost_write(
-                    slf.as_super(),
-                    match this.kind {
-                        Kind::Socket => "socket.send() raised exception.",
-                        _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
-                    },
-                );
-            }
+        this.check_writable(py, "write")?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let lost = {
+            let link = slf.as_super().get().link(py)?;
+            link.conn_lost > 0 || (this.kind == Kind::WritePipe && link.closing)
+        };
+        if lost {
+            return base::count_lost_write(
+                slf.as_super(),
+                match this.kind {
+                    Kind::Socket => "socket.send() raised exception.",
+                    _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
+                },
+            );
         }
         let mut offset = 0;
         let (idle, py_io) = {
@@ -886,20 +890,7 @@ impl StreamTransport {
     /// `WriteTransport.writelines` instead, which calls `self.write` (`_transports.py`).
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        {
-            let this = slf.get();
-            let st = this.state.borrow(py)?;
-            if st.eof && this.kind == Kind::Socket {
-                return Err(PyRuntimeError::new_err(
-                    "Cannot call writelines() after write_eof()",
-                ));
-            }
-            if st.empty_waiter.is_some() {
-                return Err(PyRuntimeError::new_err(
-                    "unable to writelines; sendfile is in progress",
-                ));
-            }
-        }
+        slf.get().check_writable(py, "writelines")?;
         let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
         Self::write(slf, &joined)
     }
