@@ -333,6 +333,51 @@ def test_writelines_goes_through_write_where_asyncio_does(loop):
         b.close()
 
 
+def test_set_write_buffer_limits_takes_any_number_asyncio_takes(loop):
+    """asyncio keeps the marks as given (floats, ints of any size, bools) and compares the
+    buffer size against them; its errors come from its own arithmetic and check."""
+    a, b = socket.socketpair()
+    paused = []
+
+    class Flow(asyncio.Protocol):
+        def pause_writing(self):
+            paused.append(True)
+
+    async def main():
+        t, _ = await loop.create_connection(Flow, sock=a)
+        t.set_write_buffer_limits(high=1000.5)
+        assert t.get_write_buffer_limits() == (250.0, 1000.5)
+        assert type(t.get_write_buffer_limits()[0]) is float
+        t.set_write_buffer_limits(high=1 << 80)
+        assert t.get_write_buffer_limits() == ((1 << 80) // 4, 1 << 80)
+        t.set_write_buffer_limits(high=float("inf"), low=0)
+        assert t.get_write_buffer_limits() == (0, float("inf"))
+        t.set_write_buffer_limits(low=True)
+        assert t.get_write_buffer_limits() == (True, 4)
+        # inf // 4 is nan, which no comparison accepts.
+        with pytest.raises(ValueError, match=re.escape("high (inf) must be >= low (nan)")):
+            t.set_write_buffer_limits(high=float("inf"))
+        with pytest.raises(TypeError):
+            t.set_write_buffer_limits(high="64k")
+        with pytest.raises(ValueError, match=re.escape("high (2.5) must be >= low (3)")):
+            t.set_write_buffer_limits(high=2.5, low=3)
+        # A fractional high-water mark pauses above it: 3 bytes > 2.5.
+        b.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        t.set_write_buffer_limits(high=2.5, low=0.5)
+        while not t.get_write_buffer_size():
+            t.write(b"x" * 65536)
+        assert paused == [True]
+        t.abort()
+        await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+        b.close()
+
+
 def test_set_write_buffer_limits_defaults_as_asyncio(loop):
     a, b = socket.socketpair()
 

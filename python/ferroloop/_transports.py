@@ -17,6 +17,7 @@ and `unix_events._UnixReadPipeTransport` / `_UnixWritePipeTransport`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import stat
@@ -73,7 +74,7 @@ def _overrides_io(sock: Any, names: tuple[str, ...] = _SOCKET_IO) -> bool:
 # (`_install_core_methods`, src/transports/owner_methods.rs), so `transport.write(data)`
 # makes no Python frame and no bound method, and a transport costs nothing per method.
 _COMMON = ("is_closing", "is_reading", "pause_reading", "resume_reading", "_force_close")
-_BUFFERED = ("get_write_buffer_size", "set_write_buffer_limits", "get_write_buffer_limits", "abort")
+_BUFFERED = ("get_write_buffer_size", "abort")
 _WRITING = ("write", "write_eof", "can_write_eof")
 # `writelines`: asyncio's pipe transports (every version) and its socket transport on 3.11
 # inherit `WriteTransport.writelines`, which joins the data and calls `self.write` (so an
@@ -159,7 +160,45 @@ class _NativeTransport:
 
 
 class _Buffered(_NativeTransport):
-    """Transports with a write buffer (the methods of _BUFFERED)."""
+    """Transports with a write buffer (the methods of _BUFFERED, and the water marks)."""
+
+    def set_write_buffer_limits(self, high: Any = None, low: Any = None) -> None:
+        """asyncio's `set_write_buffer_limits` (`transports._FlowControlMixin`).
+
+        `high` and `low` are byte counts: any numbers asyncio takes (ints of any size,
+        floats), kept as given for `get_write_buffer_limits`. Raises ValueError unless
+        high >= low >= 0, TypeError for what asyncio's arithmetic refuses. Then pauses the
+        protocol if the buffer is above the new high-water mark, as asyncio does.
+        """
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        # asyncio's slot names (`_FlowControlMixin.__slots__`, a base of every buffered
+        # transport here), so the marks cost an idle transport nothing.
+        self._high_water = high
+        self._low_water = low
+        self._core.set_write_buffer_limits(_water_mark(high), _water_mark(low))
+
+    def get_write_buffer_limits(self) -> tuple[Any, Any]:
+        """asyncio's: the (low, high) water marks as last set (bytes; 16 KiB and 64 KiB
+        until `set_write_buffer_limits` is called)."""
+        return (getattr(self, "_low_water", 16 * 1024), getattr(self, "_high_water", 64 * 1024))
+
+
+# The largest water mark the core stores (its marks are native integers).
+_MAX_WATER_MARK = (1 << 63) - 1
+
+
+def _water_mark(value: Any) -> int:
+    """The byte count `value` acts as: `size <= value` holds exactly when
+    `size <= _water_mark(value)` for every whole `size` (value is >= 0 here)."""
+    try:
+        return min(math.floor(value), _MAX_WATER_MARK)
+    except OverflowError:  # float("inf")
+        return _MAX_WATER_MARK
 
 
 class _WritingStream(_Buffered):
