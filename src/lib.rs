@@ -28,6 +28,11 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::datagram::DatagramTransport>()?;
     m.add_function(pyo3::wrap_pyfunction!(sys::_unlink_if_inode, m)?)?;
     m.add_function(pyo3::wrap_pyfunction!(
+        transports::accept::_accept_connection,
+        m
+    )?)?;
+    m.add_function(pyo3::wrap_pyfunction!(transports::accept::_socket_name, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(
         transports::owner_methods::_install_core_methods,
         m
     )?)?;

@@ -1052,7 +1052,7 @@ fn accept(sock: &Bound<'_, PyAny>, fd: RawFd, refs: &SockRefs) -> PyResult<Outco
         });
     }
     let mut addr = SockAddr::new();
-    let accepted = sys::accept(fd, &mut addr.storage, &mut addr.len);
+    let accepted = sys::accept(fd, &mut addr.storage, &mut addr.len, 0);
     let conn_fd = match accepted {
         Ok(fd) => fd,
         Err(e) => return Ok(Outcome::of_io(Err(e))),

@@ -237,6 +237,47 @@ pub(crate) fn socket_int_option(fd: RawFd, option: libc::c_int) -> io::Result<li
     }
 }
 
+/// `getsockname(fd)`: the socket's own address is written to `addr`, its length to
+/// `addrlen`.
+pub(crate) fn getsockname(
+    fd: RawFd,
+    addr: &mut libc::sockaddr_storage,
+    addrlen: &mut libc::socklen_t,
+) -> io::Result<()> {
+    *addrlen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `addr` is a writable sockaddr_storage whose size `addrlen` gives; a bad fd is
+    // reported through the return value.
+    let rc =
+        unsafe { libc::getsockname(fd, (addr as *mut libc::sockaddr_storage).cast(), addrlen) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, 1)`: small writes leave without waiting for
+/// the peer's ACK.
+pub(crate) fn set_tcp_nodelay(fd: RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a live c_int and its size is given; the kernel only reads it and
+    // reports a bad fd through the return value.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The address family of socket `fd` (`SO_DOMAIN`), or AF_UNSPEC when the kernel does not
 /// say (not a socket). Used once per transport, to count it by kind.
 pub(crate) fn socket_domain(fd: RawFd) -> libc::c_int {
@@ -252,12 +293,13 @@ pub(crate) fn try_set_pipe_size(fd: RawFd, size: libc::c_int) {
     }
 }
 
-/// `accept4(fd, SOCK_CLOEXEC)`: the new connection's fd; the peer's address is written to
-/// `addr`, its length to `addrlen`.
+/// `accept4(fd, SOCK_CLOEXEC | flags)`: the new connection's fd; the peer's address is
+/// written to `addr`, its length to `addrlen`. `flags` is 0 or `SOCK_NONBLOCK`.
 pub(crate) fn accept(
     fd: RawFd,
     addr: &mut libc::sockaddr_storage,
     addrlen: &mut libc::socklen_t,
+    flags: libc::c_int,
 ) -> io::Result<RawFd> {
     retry_eintr(Op::Accept, || {
         *addrlen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -267,7 +309,7 @@ pub(crate) fn accept(
                 fd,
                 (addr as *mut libc::sockaddr_storage).cast(),
                 addrlen,
-                libc::SOCK_CLOEXEC,
+                libc::SOCK_CLOEXEC | flags,
             ) as isize
         }
     })

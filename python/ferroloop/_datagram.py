@@ -77,7 +77,7 @@ class DatagramTransport(
         self._core.set_protocol(protocol)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
-        if self._sock is None:
+        if self._sock_obj is None:
             return
         core = self._core
         try:

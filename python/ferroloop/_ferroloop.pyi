@@ -24,6 +24,8 @@ __all__ = [
     "SockOp",
     "DatagramTransport",
     "_unlink_if_inode",
+    "_accept_connection",
+    "_socket_name",
     "_install_core_methods",
 ]
 
@@ -247,6 +249,15 @@ def _install_core_methods(cls: type, names: list[str]) -> None:
 def _unlink_if_inode(path: str, inode: int) -> bool:
     """Removes the file `path` if it is still the inode `inode` (3.13's Unix server clean-up,
     natively: see src/sys.rs). Raises FileNotFoundError or another OSError."""
+
+def _accept_connection(listen_fd: int, nodelay: bool) -> tuple[int, Any] | None:
+    """Accepts one connection on the listening socket `listen_fd`: `(fd, peer_address)`,
+    non-blocking, close-on-exec, TCP_NODELAY set when `nodelay`; None when that could not
+    be set (the connection is closed). Raises OSError as `socket.accept()` does
+    (src/transports/accept.rs; used by ferroloop._net)."""
+
+def _socket_name(fd: int) -> Any:
+    """`getsockname()` of the socket `fd`, as the socket module gives it. Raises OSError."""
 
 # ---------------------------------------------------------------------------------------------
 # What the native code calls by name on Python objects of ours (not in the module).

@@ -16,7 +16,10 @@ watcher methods). Child watching is `_process.py`'s. The borrowed names are CPyt
 
 from __future__ import annotations
 
+import contextvars
+import os
 import selectors
+import socket
 import sys
 import warnings
 import weakref
@@ -24,6 +27,7 @@ from asyncio import base_events, constants, log, selector_events, sslproto, unix
 from typing import Any, NamedTuple
 
 from ._datagram import DatagramTransport
+from ._ferroloop import _accept_connection as _accept_native
 from ._ferroloop import _unlink_if_inode
 from ._transports import ReadPipeTransport, SocketTransport, WritePipeTransport
 
@@ -59,7 +63,6 @@ _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
         selector_events.BaseSelectorEventLoop,
         (
             "_start_serving",
-            "_accept_connection",
             "_accept_connection2",
             "_stop_serving",
             "_ensure_fd_no_transport",
@@ -89,6 +92,7 @@ _BORROWED: tuple[tuple[type, tuple[str, ...]], ...] = (
 )
 
 _unix_add_signal_handler = unix_events._UnixSelectorEventLoop.add_signal_handler
+_selector_accept_connection = selector_events.BaseSelectorEventLoop._accept_connection
 _selector_stop_serving = selector_events.BaseSelectorEventLoop._stop_serving
 
 BORROWED_NAMES = frozenset(name for _, names in _BORROWED for name in names)
@@ -156,6 +160,45 @@ def _make_write_pipe_transport(
     self: Any, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None
 ) -> WritePipeTransport:
     return WritePipeTransport(self, pipe, protocol, waiter, extra)
+
+
+def _plain_stream(sock: Any) -> tuple[int, int, int] | None:
+    """(family, type, proto) of a listening socket whose connections are accepted natively:
+    a plain `socket.socket` (a subclass may override `accept`) of a family converted
+    natively. None for the others."""
+    if type(sock) is not socket.socket:
+        return None
+    family = sock.family
+    if family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+        return None
+    kind = sock.type
+    if kind != socket.SOCK_STREAM:
+        return None
+    return (family, kind, sock.proto)
+
+
+def _serve_accepted(
+    loop: Any, protocol_factory: Any, conn: tuple[int, Any], spec: Any, server: Any
+) -> None:
+    """asyncio's `_accept_connection2` for a plain connection `conn` (fd, peer address):
+    makes the protocol and the transport. A failure drops the connection, as asyncio's
+    does outside debug mode (debug mode takes asyncio's path), but closes it at once: the
+    peer sees the connection end instead of waiting."""
+    fd, peername = conn
+    try:
+        protocol = protocol_factory()
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise
+        return
+    try:
+        # Owns the fd from here on; closes it if setup fails.
+        SocketTransport._accepted(loop, fd, spec, peername, protocol, server)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException:
+        pass
 
 
 class _Key(NamedTuple):
@@ -263,6 +306,67 @@ class NetworkingMixin:
                 pass
             except OSError as err:
                 log.logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
+
+    def _accept_connection(
+        self,
+        protocol_factory: Any,
+        sock: Any,
+        sslcontext: Any = None,
+        server: Any = None,
+        backlog: int = 100,
+        ssl_handshake_timeout: Any = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: Any = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        """asyncio's `_accept_connection` (selector_events, the same in 3.11-3.13): accepts
+        up to `backlog` waiting connections of the listening socket `sock`.
+
+        A plain TCP or Unix server outside debug mode takes each connection natively
+        (`_accept_connection` of the native module: accept4, non-blocking, TCP_NODELAY) and
+        makes its transport at once, without the `socket.socket` and the task per
+        connection asyncio makes (`_serve_accepted`). SSL servers, debug mode (which logs
+        each connection with its socket object), socket subclasses and other families take
+        asyncio's own path, as does any accept error but "nothing waits": asyncio's code
+        then accepts again and reports or pauses exactly as asyncio does.
+        """
+        spec = None if sslcontext is not None or self._debug else _plain_stream(sock)
+        if spec is None:
+            return _selector_accept_connection(  # type: ignore[no-any-return]
+                self,
+                protocol_factory,
+                sock,
+                sslcontext,
+                server,
+                backlog,
+                ssl_handshake_timeout,
+                ssl_shutdown_timeout,
+            )
+        family, _, proto = spec
+        # asyncio's `_set_nodelay`: TCP sockets only, by the accepted socket's protocol.
+        nodelay = family != socket.AF_UNIX and proto == socket.IPPROTO_TCP
+        listen_fd = sock.fileno()
+        for accepted in range(backlog):
+            try:
+                conn = _accept_native(listen_fd, nodelay)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return None
+            except OSError:
+                return _selector_accept_connection(  # type: ignore[no-any-return]
+                    self,
+                    protocol_factory,
+                    sock,
+                    sslcontext,
+                    server,
+                    backlog - accepted,
+                    ssl_handshake_timeout,
+                    ssl_shutdown_timeout,
+                )
+            if conn is not None:
+                # asyncio sets each connection up in a task, which runs in a copy of this
+                # callback's context; so does this.
+                contextvars.copy_context().run(
+                    _serve_accepted, self, protocol_factory, conn, spec, server
+                )
+        return None
 
     @property
     def _debug(self) -> bool:

@@ -26,7 +26,7 @@ import warnings
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from typing import Any
 
-from ._ferroloop import StreamTransport, _install_core_methods
+from ._ferroloop import StreamTransport, _install_core_methods, _socket_name
 
 logger = logging.getLogger("asyncio")
 
@@ -215,11 +215,44 @@ _install_core_methods(_WritingStream, list(_WRITING))
 _LAZY_EXTRA = frozenset(("socket", "sockname"))
 
 
-class _SocketBased(_NativeTransport):
-    """Owners of a socket: extra info, repr state, the unclosed warning."""
+class _NotMade:
+    """`_SocketBased._sock_obj` of a natively accepted connection whose socket object has
+    not been asked for yet."""
 
-    _sock: Any = None
+    def __repr__(self) -> str:
+        return "<socket not made>"
+
+
+_NOT_MADE: Any = _NotMade()
+
+
+class _SocketBased(_NativeTransport):
+    """Owners of a socket: extra info, repr state, the unclosed warning.
+
+    A connection a server accepted natively (`_net._accept_connection`) comes as an fd and
+    the (family, type, proto) of its listening socket: `_sock` makes its `socket.socket`
+    when something first asks (asyncio code, `get_extra_info("socket")`), as asyncio's
+    accept would have made it. An idle connection nobody asks saves the object.
+    """
+
+    # The socket object; `_NOT_MADE` until a natively accepted connection's is asked for;
+    # None once closed (or before a failed `__init__` took one).
+    _sock_obj: Any = None
+    # (family, type, proto) of a natively accepted connection, kept after close.
+    _sock_spec: tuple[int, int, int] | None = None
     _sock_fd: int | None = None
+
+    @property
+    def _sock(self) -> Any:
+        """asyncio's `_sock`: the socket object, or None once closed."""
+        sock = self._sock_obj
+        if sock is _NOT_MADE:
+            sock = self._sock_obj = _socket_for(self._sock_spec, self._sock_fd)
+        return sock
+
+    @_sock.setter
+    def _sock(self, sock: Any) -> None:
+        self._sock_obj = sock
 
     def _take_socket(self, sock: socket.socket) -> None:
         # "socket" and "sockname" are made when first asked for (or when the socket is
@@ -231,7 +264,7 @@ class _SocketBased(_NativeTransport):
                 self._extra["peername"] = sock.getpeername()
             except OSError:
                 self._extra["peername"] = None
-        self._sock = sock
+        self._sock_obj = sock
         self._sock_fd = sock.fileno()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -244,6 +277,12 @@ class _SocketBased(_NativeTransport):
         """Makes the lazy extra info asyncio makes when the transport is created."""
         sock = self._sock
         if sock is None:
+            if self._sock_spec is not None and "socket" not in self._extra:
+                # Closed before anything asked for the socket object: asyncio's would be
+                # a closed socket of the same family, type and protocol.
+                closed = _closed_socket(self._sock_spec)
+                if closed is not None:
+                    self._extra["socket"] = trsock.TransportSocket(closed)
             return
         if "socket" not in self._extra:
             self._extra["socket"] = trsock.TransportSocket(sock)
@@ -255,28 +294,66 @@ class _SocketBased(_NativeTransport):
 
     def _close_socket(self) -> None:
         """Closes the socket once connection_lost has run, keeping the extra info."""
+        sock = self._sock_obj
+        if sock is _NOT_MADE:
+            # Nothing asked for the socket object: keep the name asyncio keeps, close the
+            # fd, and leave "socket" to `_fill_extra` in case it is asked for later.
+            if "sockname" not in self._extra:
+                try:
+                    self._extra["sockname"] = _socket_name(self._sock_fd)
+                except OSError:
+                    self._extra["sockname"] = None
+            self._sock_obj = None
+            os.close(self._sock_fd)  # type: ignore[arg-type]
+            return
         self._fill_extra()
-        self._sock.close()
-        self._sock = None
+        sock.close()
+        self._sock_obj = None
 
     def _fd_for_repr(self) -> int | None:
         return self._sock_fd
 
     def _is_closed_for_repr(self) -> bool:
-        return self._sock is None
+        return self._sock_obj is None
+
+    def _drop_socket(self) -> None:
+        """Closes the socket (or the fd of one never made) without keeping extra info."""
+        sock, self._sock_obj = self._sock_obj, None
+        if sock is _NOT_MADE:
+            os.close(self._sock_fd)  # type: ignore[arg-type]
+        elif sock is not None:
+            sock.close()
 
     def _abandon(self) -> None:
         """Closes the socket and drops the core of a transport whose setup failed."""
         if self._core is not None:
             self._core._release()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._drop_socket()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
-        if self._sock is not None:
+        if self._sock_obj is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.close()
+            self._drop_socket()
+
+
+def _socket_for(spec: Any, fd: Any) -> socket.socket:
+    """The socket object `sock.accept()` and asyncio's `conn.setblocking(False)` would have
+    made for the accepted connection `fd`."""
+    family, kind, proto = spec
+    sock = socket.socket(family, kind, proto, fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
+def _closed_socket(spec: tuple[int, int, int]) -> socket.socket | None:
+    """A closed socket object of `spec`'s family, type and protocol (None if the system
+    refuses a new socket now)."""
+    try:
+        sock = socket.socket(*spec)
+    except OSError:
+        return None
+    sock.close()
+    return sock
 
 
 # `_FlowControlMixin` as a base: asyncio's sendfile fallback refuses any other transport
@@ -300,9 +377,36 @@ class SocketTransport(
     ) -> None:
         transports.BaseTransport.__init__(self, extra)
         self._take_socket(sock)
+        self._serve(loop, protocol, waiter, server, sock)
+
+    @classmethod
+    def _accepted(
+        cls,
+        loop: Any,
+        fd: int,
+        spec: tuple[int, int, int],
+        peername: Any,
+        protocol: Any,
+        server: Any,
+    ) -> SocketTransport:
+        """The transport of a connection a server accepted natively (`_net`): `fd` with
+        TCP_NODELAY set where asyncio sets it, `spec` the listening socket's (family, type,
+        proto). Owns `fd` from the call on: closes it if setup fails."""
+        self = cls.__new__(cls)
+        self._extra = {"peername": peername}
+        self._sock_obj = _NOT_MADE
+        self._sock_spec = spec
+        self._sock_fd = fd
+        self._serve(loop, protocol, None, server, None)
+        return self
+
+    def _serve(self, loop: Any, protocol: Any, waiter: Any, server: Any, sock: Any) -> None:
+        """The rest of asyncio's `__init__`, once the socket is taken. `sock` is None for a
+        natively accepted connection (a plain socket whose TCP_NODELAY is set)."""
+        fd = self._sock_fd
         try:
-            self._start(loop, sock.fileno(), "socket", protocol)
-            if _overrides_io(sock):
+            self._start(loop, fd, "socket", protocol)  # type: ignore[arg-type]
+            if sock is not None and _overrides_io(sock):
                 self._core._use_socket_methods(sock, _FLUSH_WITH_SENDMSG)
         except BaseException:
             # The socket is closed now rather than when the cycle collector finds the
@@ -313,9 +417,10 @@ class SocketTransport(
         self._server = server
         if server is not None:
             _server_attach(server, self)
-        loop._transports[self._sock_fd] = self
-        # Small writes leave at once, without waiting for the peer's ACK (as asyncio).
-        base_events._set_nodelay(sock)
+        loop._transports[fd] = self
+        if sock is not None:
+            # Small writes leave at once, without waiting for the peer's ACK (as asyncio).
+            base_events._set_nodelay(sock)
         loop.call_soon(self._core.get_protocol().connection_made, self)
         # Reading starts once connection_made() has run.
         loop.call_soon(self._core._start_reading)
@@ -329,7 +434,7 @@ class SocketTransport(
         self._core._reset_empty_waiter()
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
-        if self._sock is None:
+        if self._sock_obj is None:
             return
         core = self._core
         try:
