@@ -8,6 +8,7 @@ no more CPU per request.
 
     .venv/bin/python bench/http.py            # about 40 s
     .venv/bin/python bench/http.py --seconds 10 --connections 64
+    .venv/bin/python bench/http.py --close    # a new connection per request
 
 The figures also go to bench/results/http-<date>.json (gitignored; --output FILE to
 choose), which bench/charts.py draws. Needs `wrk` (Debian package `wrk`) and uvicorn +
@@ -84,7 +85,10 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20
     return False
 
 
-def wrk(port: int, seconds: int, connections: int) -> str:
+def wrk(port: int, seconds: int, connections: int, close: bool = False) -> str:
+    # --close: every request on a new connection (`Connection: close`), so each one
+    # also pays the server's accept, transport set-up and close.
+    header = ["-H", "Connection: close"] if close else []
     cmd = [
         "taskset",
         "-c",
@@ -94,6 +98,7 @@ def wrk(port: int, seconds: int, connections: int) -> str:
         f"-c{connections}",
         f"-d{seconds}s",
         "--latency",
+        *header,
         f"http://127.0.0.1:{port}/",
     ]
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -114,7 +119,7 @@ def parse_wrk(out: str, result: Result) -> None:
             setattr(result, attr, m.group(1))
 
 
-def measure(loop: str, appdir: Path, seconds: int, connections: int) -> Result:
+def measure(loop: str, appdir: Path, seconds: int, connections: int, close: bool) -> Result:
     result = Result(loop)
     port = free_port()
     server = subprocess.Popen(
@@ -150,10 +155,10 @@ def measure(loop: str, appdir: Path, seconds: int, connections: int) -> Result:
                 else "server did not start"
             )
             return result
-        wrk(port, 1, connections)  # warm-up
+        wrk(port, 1, connections, close)  # warm-up
         before, busy, wrk_cpu = cpu_us(server.pid), machine_busy_us(), children_cpu_us()
         started = time.monotonic()
-        out = wrk(port, seconds, connections)
+        out = wrk(port, seconds, connections, close)
         window_us = (time.monotonic() - started) * 1e6
         spent = cpu_us(server.pid) - before
         other = machine_busy_us() - busy - spent - (children_cpu_us() - wrk_cpu)
@@ -190,6 +195,7 @@ def write_json(
         "settings": {
             "seconds": args.seconds,
             "connections": args.connections,
+            "connection_close": args.close,
             "rounds": args.rounds,
             "server_core": SERVER_CORE,
             "client_core": CLIENT_CORE,
@@ -210,7 +216,7 @@ def run_rounds(args: argparse.Namespace, appdir: Path) -> tuple[dict[str, Result
     runs: list[Result] = []
     for _ in range(args.rounds):
         for loop in loops:
-            r = measure(loop, appdir, args.seconds, args.connections)
+            r = measure(loop, appdir, args.seconds, args.connections, args.close)
             runs.append(r)
             shown = f"FAILED: {r.error[:100]}" if r.error else f"{r.rps:,.0f} req/s"
             progress.step(
@@ -256,6 +262,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument(
+        "--close",
+        action="store_true",
+        help="a new connection per request (wrk sends `Connection: close`)",
+    )
     ap.add_argument("--rounds", type=int, default=2, help="best req/s of N rounds per loop")
     ap.add_argument("--loops", default=",".join(LOOPS))
     ap.add_argument("--output", type=Path, help="JSON path [bench/results/http-<date>.json]")
@@ -268,7 +279,8 @@ def main() -> int:
         (appdir / "app.py").write_text(APP)
         best, runs = run_rounds(args, appdir)
     print(
-        f"# uvicorn+httptools raw ASGI under wrk -t1 -c{args.connections} -d{args.seconds}s, "
+        f"# uvicorn+httptools raw ASGI under wrk -t1 -c{args.connections} -d{args.seconds}s"
+        f"{' with Connection: close' if args.close else ''}, "
         f"server on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, best of {args.rounds}"
     )
     report(list(best.values()))

@@ -33,6 +33,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     m.add_function(pyo3::wrap_pyfunction!(transports::accept::_socket_name, m)?)?;
     m.add_function(pyo3::wrap_pyfunction!(
+        transports::accept::_socket_address,
+        m
+    )?)?;
+    m.add_function(pyo3::wrap_pyfunction!(
         transports::owner_methods::_install_core_methods,
         m
     )?)?;

@@ -73,6 +73,8 @@ def test_accepted_transport_shows_what_asyncio_shows(loop, family):
         t = proto.transport
         listening = server.sockets[0]
         expected_peer = "" if family == socket.AF_UNIX else client.getsockname()
+        assert t.get_extra_info("sslcontext") is None
+        assert t.get_extra_info("nope", 5) == 5
         assert t.get_extra_info("peername") == expected_peer
         assert t.get_extra_info("sockname") == client.getpeername()
         wrapped = t.get_extra_info("socket")
@@ -102,6 +104,7 @@ def test_accepted_transport_shows_what_asyncio_shows(loop, family):
         assert wrapped.fileno() == -1
         assert t._sock is None
         assert "closed" in repr(t)
+        assert set(t._extra) == {"peername", "socket", "sockname"}
         client.close()
         server.close()
         await server.wait_closed()
@@ -111,16 +114,19 @@ def test_accepted_transport_shows_what_asyncio_shows(loop, family):
 
 @pytest.mark.parametrize("family", _families(), ids=lambda f: socket.AddressFamily(f).name)
 def test_extra_info_first_asked_after_close(loop, family):
-    """Nothing asks for the socket while the connection is open: asyncio's values (the
-    address, a closed socket of the listener's family, type and protocol) are there after."""
+    """Nothing asks for extra info while the connection is open: asyncio's values (both
+    addresses, a closed socket of the listener's family, type and protocol) are there
+    after the peer has gone."""
 
     async def main():
         server, client, proto = await _serve_one(loop, family)
         listening = server.sockets[0]
         expected_name = client.getpeername()
+        expected_peer = "" if family == socket.AF_UNIX else client.getsockname()
         client.close()
         assert await proto.lost is None  # the peer's EOF closes the transport
         t = proto.transport
+        assert t.get_extra_info("peername") == expected_peer
         assert t.get_extra_info("sockname") == expected_name
         wrapped = t.get_extra_info("socket")
         assert wrapped.fileno() == -1

@@ -26,6 +26,7 @@ __all__ = [
     "_unlink_if_inode",
     "_accept_connection",
     "_socket_name",
+    "_socket_address",
     "_install_core_methods",
 ]
 
@@ -250,11 +251,16 @@ def _unlink_if_inode(path: str, inode: int) -> bool:
     """Removes the file `path` if it is still the inode `inode` (3.13's Unix server clean-up,
     natively: see src/sys.rs). Raises FileNotFoundError or another OSError."""
 
-def _accept_connection(listen_fd: int, nodelay: bool) -> tuple[int, Any] | None:
-    """Accepts one connection on the listening socket `listen_fd`: `(fd, peer_address)`,
-    non-blocking, close-on-exec, TCP_NODELAY set when `nodelay`; None when that could not
-    be set (the connection is closed). Raises OSError as `socket.accept()` does
+def _accept_connection(listen_fd: int, nodelay: bool) -> tuple[int, bytes] | None:
+    """Accepts one connection on the listening socket `listen_fd`: `(fd, peer)`, the fd
+    non-blocking, close-on-exec, with TCP_NODELAY when `nodelay`; `peer` the peer's address
+    in the kernel's form (for `_socket_address`). None when TCP_NODELAY could not be set
+    (the connection is closed). Raises OSError as `socket.accept()` does
     (src/transports/accept.rs; used by ferroloop._net)."""
+
+def _socket_address(raw: bytes) -> Any:
+    """The socket address `raw` (a `struct sockaddr` of AF_INET, AF_INET6 or AF_UNIX) as
+    the socket module gives it. Raises ValueError for anything else."""
 
 def _socket_name(fd: int) -> Any:
     """`getsockname()` of the socket `fd`, as the socket module gives it. Raises OSError."""

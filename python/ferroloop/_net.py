@@ -174,17 +174,23 @@ def _plain_stream(sock: Any) -> tuple[int, int, int] | None:
     kind = sock.type
     if kind != socket.SOCK_STREAM:
         return None
-    return (family, kind, sock.proto)
+    spec = (family, kind, sock.proto)
+    # One tuple per kind of listener, shared by every transport that keeps it.
+    return _SPECS.setdefault(spec, spec)
+
+
+_SPECS: dict[tuple[int, int, int], tuple[int, int, int]] = {}
 
 
 def _serve_accepted(
     loop: Any, protocol_factory: Any, conn: tuple[int, Any], spec: Any, server: Any
 ) -> None:
-    """asyncio's `_accept_connection2` for a plain connection `conn` (fd, peer address):
+    """asyncio's `_accept_connection2` for a plain connection `conn` (fd, the peer's address
+    in the kernel's form):
     makes the protocol and the transport. A failure drops the connection, as asyncio's
     does outside debug mode (debug mode takes asyncio's path), but closes it at once: the
     peer sees the connection end instead of waiting."""
-    fd, peername = conn
+    fd, peer = conn
     try:
         protocol = protocol_factory()
     except BaseException as exc:
@@ -194,7 +200,7 @@ def _serve_accepted(
         return
     try:
         # Owns the fd from here on; closes it if setup fails.
-        SocketTransport._accepted(loop, fd, spec, peername, protocol, server)
+        SocketTransport._accepted(loop, fd, spec, peer, protocol, server)
     except (SystemExit, KeyboardInterrupt):
         raise
     except BaseException:

@@ -26,7 +26,7 @@ import warnings
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from typing import Any
 
-from ._ferroloop import StreamTransport, _install_core_methods, _socket_name
+from ._ferroloop import StreamTransport, _install_core_methods, _socket_address, _socket_name
 
 logger = logging.getLogger("asyncio")
 
@@ -213,6 +213,8 @@ _install_core_methods(_WritingStream, list(_WRITING))
 
 # Extra info a socket transport makes on first use (see `_SocketBased._take_socket`).
 _LAZY_EXTRA = frozenset(("socket", "sockname"))
+# What asyncio's accept path puts in a connection's extra info.
+_ACCEPTED_EXTRA = frozenset(("peername", "socket", "sockname"))
 
 
 class _NotMade:
@@ -225,6 +227,9 @@ class _NotMade:
 
 _NOT_MADE: Any = _NotMade()
 
+# `BaseTransport.__slots__`' `_extra`, where `_SocketBased._extra` keeps its value.
+_EXTRA_SLOT: Any = transports.BaseTransport.__dict__["_extra"]
+
 
 class _SocketBased(_NativeTransport):
     """Owners of a socket: extra info, repr state, the unclosed warning.
@@ -234,6 +239,21 @@ class _SocketBased(_NativeTransport):
     when something first asks (asyncio code, `get_extra_info("socket")`), as asyncio's
     accept would have made it. An idle connection nobody asks saves the object.
     """
+
+    @property
+    def _extra(self) -> dict[str, Any]:
+        """asyncio's `_extra` dict. A natively accepted connection holds its peer's address
+        in the kernel's form (bytes) until this is first read: an idle connection nobody
+        asks about saves the dict and the address tuple."""
+        extra = _EXTRA_SLOT.__get__(self, None)
+        if type(extra) is bytes:
+            extra = {"peername": _socket_address(extra)}
+            _EXTRA_SLOT.__set__(self, extra)
+        return extra  # type: ignore[no-any-return]
+
+    @_extra.setter
+    def _extra(self, extra: Any) -> None:
+        _EXTRA_SLOT.__set__(self, extra)
 
     # The socket object; `_NOT_MADE` until a natively accepted connection's is asked for;
     # None once closed (or before a failed `__init__` took one).
@@ -269,6 +289,10 @@ class _SocketBased(_NativeTransport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """asyncio's `get_extra_info`; "socket" and "sockname" are made on first use."""
+        if name not in _ACCEPTED_EXTRA and type(_EXTRA_SLOT.__get__(self, None)) is bytes:
+            # A natively accepted connection, whose extra info holds nothing else (asking
+            # for "sslcontext", as asyncio's streams do, makes no dict).
+            return default
         if name in _LAZY_EXTRA and name not in self._extra:
             self._fill_extra()
         return self._extra.get(name, default)
@@ -385,15 +409,16 @@ class SocketTransport(
         loop: Any,
         fd: int,
         spec: tuple[int, int, int],
-        peername: Any,
+        peer: bytes,
         protocol: Any,
         server: Any,
     ) -> SocketTransport:
         """The transport of a connection a server accepted natively (`_net`): `fd` with
         TCP_NODELAY set where asyncio sets it, `spec` the listening socket's (family, type,
-        proto). Owns `fd` from the call on: closes it if setup fails."""
+        proto), `peer` the peer's address in the kernel's form. Owns `fd` from the call on:
+        closes it if setup fails."""
         self = cls.__new__(cls)
-        self._extra = {"peername": peername}
+        self._extra = peer  # made into asyncio's {"peername": ...} when first read
         self._sock_obj = _NOT_MADE
         self._sock_spec = spec
         self._sock_fd = fd
