@@ -264,9 +264,10 @@ def test_accepted_transport_of_a_server_that_closes_is_counted(loop):
 
 @pytest.mark.ferroloop_only
 @pytest.mark.parametrize("debug", [False, True])
-def test_plain_servers_make_no_socket_object_until_asked(debug):
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_UNIX], ids=["tcp", "unix"])
+def test_plain_servers_make_no_socket_object_until_asked(debug, family):
     """The native path is taken for a plain server (and asyncio's in debug mode, which logs
-    each connection's socket object)."""
+    each connection's socket object); the transport is counted by its kind either way."""
     import ferroloop
     from ferroloop import _transports
 
@@ -274,8 +275,10 @@ def test_plain_servers_make_no_socket_object_until_asked(debug):
     loop.set_debug(debug)
 
     async def main():
-        server, client, proto = await _serve_one(loop, socket.AF_INET)
+        server, client, proto = await _serve_one(loop, family)
         t = proto.transport
+        kind = "unix" if family == socket.AF_UNIX else "tcp"
+        assert loop.metrics().transports[kind] == 1
         if debug:
             assert type(t._sock_obj) is socket.socket
         else:

@@ -181,10 +181,16 @@ class NativeTransport:
 
 @final
 class StreamTransport(NativeTransport):
-    """Core of a socket or pipe transport; `kind` is "socket", "read_pipe" or "write_pipe"."""
+    """Core of a socket or pipe transport; `kind` is "socket", "read_pipe" or "write_pipe";
+    `family` a socket's address family if known (else the kernel is asked)."""
 
     def __new__(
-        cls, event_loop: LoopCore, owner: _TransportOwner, fd: int, kind: str
+        cls,
+        event_loop: LoopCore,
+        owner: _TransportOwner,
+        fd: int,
+        kind: str,
+        family: int | None = None,
     ) -> StreamTransport: ...
     def set_protocol(self, protocol: Any, buffered: bool) -> None: ...
     def _use_socket_methods(self, sock: Any, sendmsg: bool) -> None: ...

@@ -95,8 +95,10 @@ class _NativeTransport:
         self._core = core
         self.set_protocol(protocol)
 
-    def _start(self, loop: Any, fd: int, kind: str, protocol: Any) -> None:
-        self._attach(loop, StreamTransport(loop, self, fd, kind), protocol)
+    def _start(
+        self, loop: Any, fd: int, kind: str, protocol: Any, family: int | None = None
+    ) -> None:
+        self._attach(loop, StreamTransport(loop, self, fd, kind, family), protocol)
 
     def set_protocol(self, protocol: Any) -> None:
         self._core.set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
@@ -430,7 +432,9 @@ class SocketTransport(
         natively accepted connection (a plain socket whose TCP_NODELAY is set)."""
         fd = self._sock_fd
         try:
-            self._start(loop, fd, "socket", protocol)  # type: ignore[arg-type]
+            spec = self._sock_spec  # a natively accepted connection's: its family is known
+            family = None if spec is None else spec[0]
+            self._start(loop, fd, "socket", protocol, family)  # type: ignore[arg-type]
             if sock is not None and _overrides_io(sock):
                 self._core._use_socket_methods(sock, _FLUSH_WITH_SENDMSG)
         except BaseException:

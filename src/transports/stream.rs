@@ -705,16 +705,22 @@ impl CoreKind for StreamTransport {
 
 #[pymethods]
 impl StreamTransport {
+    /// `family`: the socket's address family when the caller knows it (a natively accepted
+    /// connection); otherwise the kernel is asked (for the metrics' count by kind).
     #[new]
+    #[pyo3(signature = (event_loop, owner, fd, kind, family=None))]
     fn new(
         event_loop: Bound<'_, LoopCore>,
         owner: Py<PyAny>,
         fd: RawFd,
         kind: &str,
+        family: Option<libc::c_int>,
     ) -> PyResult<PyClassInitializer<Self>> {
         let kind = Kind::parse(kind)?;
         let metrics_kind = match kind {
-            Kind::Socket => TransportKind::of_socket(sys::socket_domain(fd), false),
+            Kind::Socket => {
+                TransportKind::of_socket(family.unwrap_or_else(|| sys::socket_domain(fd)), false)
+            }
             Kind::ReadPipe | Kind::WritePipe => TransportKind::Pipe,
         };
         let shared = NativeTransport::new(event_loop, owner, fd, metrics_kind, &Self::HOOKS);
