@@ -343,7 +343,7 @@ def test_set_write_buffer_limits_takes_any_number_asyncio_takes(loop):
         def pause_writing(self):
             paused.append(True)
 
-    async def main():
+    async def main(a, b):
         t, _ = await loop.create_connection(Flow, sock=a)
         t.set_write_buffer_limits(high=1000.5)
         assert t.get_write_buffer_limits() == (250.0, 1000.5)
@@ -371,17 +371,11 @@ def test_set_write_buffer_limits_takes_any_number_asyncio_takes(loop):
         t.abort()
         await asyncio.sleep(0)
 
-    try:
-        loop.run_until_complete(main())
-    finally:
-        a.close()
-        b.close()
+    run_on_socketpair(loop, main)
 
 
 def test_set_write_buffer_limits_defaults_as_asyncio(loop):
-    a, b = socket.socketpair()
-
-    async def main():
+    async def main(a, b):
         t, _ = await loop.create_connection(asyncio.Protocol, sock=a)
         t.set_write_buffer_limits(high=1000)
         assert t.get_write_buffer_limits() == (250, 1000)
@@ -393,8 +387,14 @@ def test_set_write_buffer_limits_defaults_as_asyncio(loop):
         t.close()
         await asyncio.sleep(0)
 
+    run_on_socketpair(loop, main)
+
+
+def run_on_socketpair(loop, main):
+    """Runs `main(a, b)` on a connected socket pair, which is closed afterwards."""
+    a, b = socket.socketpair()
     try:
-        loop.run_until_complete(main())
+        loop.run_until_complete(main(a, b))
     finally:
         a.close()
         b.close()

@@ -334,18 +334,22 @@ class NetworkingMixin:
         asyncio's own path, as does any accept error but "nothing waits": asyncio's code
         then accepts again and reports or pauses exactly as asyncio does.
         """
-        spec = None if sslcontext is not None or self._debug else _plain_stream(sock)
-        if spec is None:
-            return _selector_accept_connection(  # type: ignore[no-any-return]
+
+        def asyncio_path(count: int) -> None:
+            _selector_accept_connection(
                 self,
                 protocol_factory,
                 sock,
                 sslcontext,
                 server,
-                backlog,
+                count,
                 ssl_handshake_timeout,
                 ssl_shutdown_timeout,
             )
+
+        spec = None if sslcontext is not None or self._debug else _plain_stream(sock)
+        if spec is None:
+            return asyncio_path(backlog)
         family, _, proto = spec
         # asyncio's `_set_nodelay`: TCP sockets only, by the accepted socket's protocol.
         nodelay = family != socket.AF_UNIX and proto == socket.IPPROTO_TCP
@@ -356,16 +360,7 @@ class NetworkingMixin:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return None
             except OSError:
-                return _selector_accept_connection(  # type: ignore[no-any-return]
-                    self,
-                    protocol_factory,
-                    sock,
-                    sslcontext,
-                    server,
-                    backlog - accepted,
-                    ssl_handshake_timeout,
-                    ssl_shutdown_timeout,
-                )
+                return asyncio_path(backlog - accepted)
             if conn is not None:
                 # asyncio sets each connection up in a task, which runs in a copy of this
                 # callback's context; so does this.
