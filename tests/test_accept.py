@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import socket
+import subprocess
 import sys
 import tempfile
 
@@ -295,3 +296,59 @@ def test_plain_servers_make_no_socket_object_until_asked(debug, family):
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+FACTORY_CLOSES_SERVER = r"""
+import asyncio, socket, sys
+if sys.argv[1] == "ferroloop":
+    import ferroloop
+    loop = ferroloop.new_event_loop()
+else:
+    loop = asyncio.new_event_loop()
+reports = []
+loop.set_exception_handler(lambda loop, context: reports.append(context["message"]))
+others = []
+
+async def main():
+    server = None
+
+    def factory():
+        # Serve one connection, then stop listening; the listener's fd number is reused
+        # at once by a blocking listening socket.
+        old = server.sockets[0].fileno()
+        server.close()
+        other = socket.socket()
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        others.append(other)
+        print("reused", other.fileno() == old)
+        return asyncio.Protocol()
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    client = socket.socket()
+    client.setblocking(False)
+    await loop.sock_connect(client, server.sockets[0].getsockname())
+    await asyncio.sleep(0.3)
+    client.close()
+
+loop.run_until_complete(main())
+loop.close()
+for other in others:
+    other.close()
+print("reports", len(reports))
+"""
+
+
+def test_protocol_factory_that_closes_its_server(loop_kind):
+    """A factory that closes its server (serve one connection, stop listening): the loop
+    goes on, accepts nothing more on that fd number and reports nothing (asyncio runs the
+    factory after its accept loop, so there it cannot matter)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FACTORY_CLOSES_SERVER, loop_kind],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reused True" in proc.stdout  # the case this is about happened
+    assert proc.stdout.split()[-2:] == ["reports", "0"], proc.stdout

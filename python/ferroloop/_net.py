@@ -354,20 +354,27 @@ class NetworkingMixin:
         # asyncio's `_set_nodelay`: TCP sockets only, by the accepted socket's protocol.
         nodelay = family != socket.AF_UNIX and proto == socket.IPPROTO_TCP
         listen_fd = sock.fileno()
-        for accepted in range(backlog):
+        for attempt in range(backlog):
+            if sock.fileno() != listen_fd:
+                # A protocol factory closed the server: its fd number may already name
+                # another file.
+                return None
             try:
                 conn = _accept_native(listen_fd, nodelay)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return None
             except OSError:
-                return asyncio_path(backlog - accepted)
+                remaining = backlog - attempt
+                break  # asyncio's code meets the error again, outside this handler
             if conn is not None:
                 # asyncio sets each connection up in a task, which runs in a copy of this
                 # callback's context; so does this.
                 contextvars.copy_context().run(
                     _serve_accepted, self, protocol_factory, conn, spec, server
                 )
-        return None
+        else:
+            return None
+        return asyncio_path(remaining)
 
     @property
     def _debug(self) -> bool:

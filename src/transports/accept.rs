@@ -33,13 +33,18 @@ pub(crate) fn _accept_connection(
     nodelay: bool,
 ) -> PyResult<Option<(RawFd, Py<PyAny>)>> {
     let mut addr = SockAddr::new();
-    let fd = sys::accept(
-        listen_fd,
-        &mut addr.storage,
-        &mut addr.len,
-        libc::SOCK_NONBLOCK,
-    )
-    .map_err(os_error)?;
+    // Without the GIL, as `socket.accept()`: a listener made blocking would otherwise stop
+    // every thread while it waits.
+    let fd = py
+        .detach(|| {
+            sys::accept(
+                listen_fd,
+                &mut addr.storage,
+                &mut addr.len,
+                libc::SOCK_NONBLOCK,
+            )
+        })
+        .map_err(os_error)?;
     if nodelay && sys::set_tcp_nodelay(fd).is_err() {
         // SAFETY: `fd` came from accept4 above and nothing else owns it yet.
         unsafe { libc::close(fd) };
