@@ -282,10 +282,7 @@ class _SocketBased(_NativeTransport):
         # asks saves the wrapper, the address tuple and its strings. "peername" stays eager:
         # the peer's address is gone once it disconnects.
         if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
+            self._extra["peername"] = _address_or_none(sock.getpeername)
         self._sock_obj = sock
         self._sock_fd = sock.fileno()
 
@@ -313,10 +310,7 @@ class _SocketBased(_NativeTransport):
         if "socket" not in self._extra:
             self._extra["socket"] = trsock.TransportSocket(sock)
         if "sockname" not in self._extra:
-            try:
-                self._extra["sockname"] = sock.getsockname()
-            except OSError:
-                self._extra["sockname"] = None
+            self._extra["sockname"] = _address_or_none(sock.getsockname)
 
     def _close_socket(self) -> None:
         """Closes the socket once connection_lost has run, keeping the extra info."""
@@ -325,10 +319,7 @@ class _SocketBased(_NativeTransport):
             # Nothing asked for the socket object: keep the name asyncio keeps, close the
             # fd, and leave "socket" to `_fill_extra` in case it is asked for later.
             if "sockname" not in self._extra:
-                try:
-                    self._extra["sockname"] = _socket_name(self._sock_fd)
-                except OSError:
-                    self._extra["sockname"] = None
+                self._extra["sockname"] = _address_or_none(_socket_name, self._sock_fd)
             self._sock_obj = None
             os.close(self._sock_fd)  # type: ignore[arg-type]
             return
@@ -369,6 +360,15 @@ def _socket_for(spec: Any, fd: Any) -> socket.socket:
     sock = socket.socket(family, kind, proto, fileno=fd)
     sock.setblocking(False)
     return sock
+
+
+def _address_or_none(get: Any, *args: Any) -> Any:
+    """`get(*args)`, or None where it raises OSError (asyncio's extra info for an address
+    the kernel no longer gives)."""
+    try:
+        return get(*args)
+    except OSError:
+        return None
 
 
 def _closed_socket(spec: tuple[int, int, int]) -> socket.socket | None:
